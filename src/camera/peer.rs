@@ -1,0 +1,483 @@
+//! One viewer's WebRTC connection (webrtc-rs): the answer to its offer, its H.264 and Opus
+//! tracks, and the task that feeds them from the shared encode.
+//!
+//! Each viewer has its own RTP packetizer, sequence numbers and SSRC over the one encoded stream,
+//! so a viewer that lags can skip to the next keyframe without disturbing the others. RTP
+//! timestamps follow the frames' capture (pipeline running) time, not a nominal frame rate.
+//! webrtc-rs callbacks hold no reference to the connection: they only forward events by channel.
+
+use super::rtcp::KeyframeRequestForwarder;
+use crate::media::pipeline::{EncodedFrame, KeyframeRequester};
+use crate::signal::protocol::{IceCandidate, PeerId};
+use rtc::interceptor::Slot;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp::codec::h264::H264Payloader;
+use rtc::rtp::codec::opus::OpusPayloader;
+use rtc::rtp::packetizer::Payloader;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use webrtc::media_stream::MediaStreamTrack;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceCandidateInit, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    RTCSessionDescription, Registry, register_default_interceptors,
+};
+
+/// RTP payload size limit (bytes), leaving room for SRTP, extensions and TURN framing.
+const RTP_MTU: usize = 1200;
+/// The H.264 format campeer sends: constrained baseline, packetization-mode 1.
+pub const H264_FMTP: &str = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+
+/// Errors setting up a viewer's connection.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// webrtc-rs refused something (bad SDP, no common codec, socket bind).
+    #[error("webrtc: {0}")]
+    Webrtc(#[from] webrtc::error::Error),
+    /// The offer has no H.264 that campeer can send.
+    #[error("the viewer's offer has no H.264 video campeer can send (packetization-mode=1, constrained baseline)")]
+    NoH264,
+}
+
+/// Events a viewer's connection reports to the peer manager.
+#[derive(Debug)]
+pub enum PeerEvent {
+    /// A local ICE candidate to trickle (`None`: gathering done).
+    Candidate(PeerId, Option<IceCandidate>),
+    /// The connection's state changed.
+    State(PeerId, RTCPeerConnectionState),
+}
+
+/// Forwards webrtc-rs callbacks as [`PeerEvent`]s. Holds no reference to the connection, so no
+/// reference cycle can keep a closed connection alive.
+struct Events {
+    viewer: PeerId,
+    tx: mpsc::Sender<PeerEvent>,
+    state: watch::Sender<RTCPeerConnectionState>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Events {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        match event.candidate.to_json() {
+            Ok(c) => {
+                let cand = IceCandidate {
+                    candidate: c.candidate,
+                    sdp_mid: c.sdp_mid,
+                    sdp_m_line_index: c.sdp_mline_index,
+                    username_fragment: c.username_fragment,
+                };
+                let _ = self.tx.send(PeerEvent::Candidate(self.viewer.clone(), Some(cand))).await;
+            }
+            Err(e) => tracing::debug!(viewer = %self.viewer, error = %e, "local candidate not serialisable"),
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.state.send(state);
+        let _ = self.tx.send(PeerEvent::State(self.viewer.clone(), state)).await;
+    }
+}
+
+/// Per-viewer counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct PeerStats {
+    /// Video frames sent.
+    pub frames_sent: AtomicU64,
+    /// Frames skipped while waiting for a keyframe (join, lag).
+    pub frames_skipped: AtomicU64,
+    /// Times this viewer fell behind the encoder.
+    pub lagged: AtomicU64,
+    /// PLI/FIR received.
+    pub keyframe_requests: AtomicU64,
+    /// RTP write errors.
+    pub send_errors: AtomicU64,
+}
+
+/// Everything a new viewer connection needs.
+pub struct PeerSetup {
+    /// The viewer's id in the room.
+    pub viewer: PeerId,
+    /// ICE servers: config plus `created`.
+    pub ice_servers: Vec<RTCIceServer>,
+    /// `all` or `relay`.
+    pub relay_only: bool,
+    /// Local UDP addresses to bind.
+    pub udp_addrs: Vec<String>,
+    /// Where events go.
+    pub events: mpsc::Sender<PeerEvent>,
+    /// Encoded video.
+    pub video: broadcast::Receiver<Arc<EncodedFrame>>,
+    /// Encoded audio, when there is audio.
+    pub audio: Option<broadcast::Receiver<Arc<EncodedFrame>>>,
+    /// Asks the encoder for keyframes.
+    pub keyframes: KeyframeRequester,
+}
+
+/// A live viewer connection.
+pub struct Peer {
+    /// The connection.
+    pub pc: Arc<dyn PeerConnection>,
+    /// Counters.
+    pub stats: Arc<PeerStats>,
+    /// Stops this viewer's tasks.
+    pub cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn codec_h264() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: "video/H264".to_owned(),
+        clock_rate: 90_000,
+        channels: 0,
+        sdp_fmtp_line: H264_FMTP.to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+fn codec_opus() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: "audio/opus".to_owned(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+/// True when the offer lists H.264 with packetization-mode=1 (a profile campeer can serve).
+pub fn offer_has_h264(sdp: &str) -> bool {
+    let pts: Vec<&str> = sdp
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=rtpmap:"))
+        .filter(|l| l.to_ascii_uppercase().contains(" H264/90000"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    sdp.lines().filter_map(|l| l.strip_prefix("a=fmtp:")).any(|l| {
+        let (pt, params) = l.split_once(' ').unwrap_or((l, ""));
+        pts.contains(&pt)
+            && params.contains("packetization-mode=1")
+            && params
+                .split(';')
+                .filter_map(|p| p.trim().strip_prefix("profile-level-id="))
+                .any(|id| id.len() == 6 && matches!(&id[..2], "42" | "4d" | "64" | "4D"))
+    })
+}
+
+fn local_track(kind: RtpCodecKind, codec: RTCRtpCodec, ssrc: u32) -> MediaStreamTrack {
+    MediaStreamTrack::new(
+        "campeer".to_owned(),
+        format!("campeer-{kind}"),
+        format!("campeer {kind}"),
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+            codec,
+            ..Default::default()
+        }],
+    )
+}
+
+/// Answer `offer`: returns the connection and the answer SDP. Candidates trickle as events.
+pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), PeerError> {
+    if !offer_has_h264(&offer) {
+        return Err(PeerError::NoH264);
+    }
+    let mut me = MediaEngine::default();
+    me.register_codec(
+        RTCRtpCodecParameters { rtp_codec: codec_h264(), payload_type: 102, ..Default::default() },
+        RtpCodecKind::Video,
+    )?;
+    me.register_codec(
+        RTCRtpCodecParameters { rtp_codec: codec_opus(), payload_type: 111, ..Default::default() },
+        RtpCodecKind::Audio,
+    )?;
+    // NACK responder, sender reports, TWCC; then PLI/FIR delivered to the application (last).
+    let registry = register_default_interceptors(Registry::new(), &mut me)?;
+    let registry = registry.with(Slot::from(14_000), KeyframeRequestForwarder::default());
+    let config = RTCConfigurationBuilder::new()
+        .with_ice_servers(setup.ice_servers)
+        .with_ice_transport_policy(if setup.relay_only { RTCIceTransportPolicy::Relay } else { RTCIceTransportPolicy::All })
+        .build();
+    let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
+    let handler = Arc::new(Events { viewer: setup.viewer.clone(), tx: setup.events.clone(), state: state_tx });
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(config)
+        .with_media_engine(me)
+        .with_interceptor_registry(registry)
+        .with_handler(handler)
+        .with_udp_addrs(setup.udp_addrs)
+        .build()
+        .await?;
+    let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+
+    let video_ssrc = rand::random::<u32>();
+    let video_track = Arc::new(TrackLocalStaticRTP::new(local_track(RtpCodecKind::Video, codec_h264(), video_ssrc)));
+    let video_sender = pc.add_track(video_track.clone() as Arc<dyn TrackLocal>).await?;
+    let audio = match setup.audio {
+        Some(rx) => {
+            let ssrc = rand::random::<u32>();
+            let track = Arc::new(TrackLocalStaticRTP::new(local_track(RtpCodecKind::Audio, codec_opus(), ssrc)));
+            let sender = pc.add_track(track.clone() as Arc<dyn TrackLocal>).await?;
+            Some((track, sender, ssrc, rx))
+        }
+        None => None,
+    };
+
+    let result: Result<String, PeerError> = async {
+        pc.set_remote_description(RTCSessionDescription::offer(offer)?).await?;
+        let answer = pc.create_answer(None).await?;
+        pc.set_local_description(answer).await?;
+        Ok(pc.local_description().await.map(|d| d.sdp).unwrap_or_default())
+    }
+    .await;
+    let answer_sdp = match result {
+        Ok(sdp) => sdp,
+        Err(e) => {
+            let _ = pc.close().await;
+            return Err(e);
+        }
+    };
+
+    let stats = Arc::new(PeerStats::default());
+    let cancel = CancellationToken::new();
+    let mut tasks = Vec::new();
+    // Payload types as negotiated (the browser's numbers, not the ones registered above).
+    let video_pt = negotiated_pt(&video_sender).await.unwrap_or(102);
+    tasks.push(tokio::spawn(feed(
+        Feed {
+            viewer: setup.viewer.clone(),
+            track: video_track.clone(),
+            pt: video_pt,
+            ssrc: video_ssrc,
+            clock_rate: 90_000,
+            video: true,
+            stats: stats.clone(),
+            keyframes: Some(setup.keyframes.clone()),
+        },
+        setup.video,
+        state_rx.clone(),
+        cancel.clone(),
+    )));
+    tasks.push(tokio::spawn(rtcp_loop(video_track, setup.keyframes, stats.clone(), cancel.clone())));
+    if let Some((track, sender, ssrc, rx)) = audio {
+        let pt = negotiated_pt(&sender).await.unwrap_or(111);
+        tasks.push(tokio::spawn(feed(
+            Feed {
+                viewer: setup.viewer.clone(),
+                track,
+                pt,
+                ssrc,
+                clock_rate: 48_000,
+                video: false,
+                stats: stats.clone(),
+                keyframes: None,
+            },
+            rx,
+            state_rx,
+            cancel.clone(),
+        )));
+    }
+    Ok((Peer { pc, stats, cancel, tasks }, answer_sdp))
+}
+
+/// Apply a new offer from the same viewer (ICE restart, renegotiation).
+pub async fn reoffer(peer: &Peer, offer: String) -> Result<String, PeerError> {
+    peer.pc.set_remote_description(RTCSessionDescription::offer(offer)?).await?;
+    let answer = peer.pc.create_answer(None).await?;
+    peer.pc.set_local_description(answer).await?;
+    Ok(peer.pc.local_description().await.map(|d| d.sdp).unwrap_or_default())
+}
+
+/// Add a remote candidate.
+pub async fn add_candidate(peer: &Peer, c: IceCandidate) -> Result<(), PeerError> {
+    if c.candidate.is_empty() {
+        return Ok(()); // end-of-candidates marker
+    }
+    peer.pc
+        .add_ice_candidate(RTCIceCandidateInit {
+            candidate: c.candidate,
+            sdp_mid: c.sdp_mid,
+            sdp_mline_index: c.sdp_m_line_index,
+            username_fragment: c.username_fragment,
+            ..Default::default()
+        })
+        .await?;
+    Ok(())
+}
+
+impl Peer {
+    /// Stop the tasks and close the connection, waiting (bounded) for both.
+    pub async fn close(self) {
+        self.cancel.cancel();
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
+        }
+        if tokio::time::timeout(Duration::from_secs(2), self.pc.close()).await.is_err() {
+            tracing::warn!("closing a viewer connection took over 2 s; abandoned");
+        }
+    }
+}
+
+async fn negotiated_pt(sender: &Arc<dyn webrtc::rtp_transceiver::RtpSender>) -> Option<u8> {
+    sender.get_parameters().await.ok()?.rtp_parameters.codecs.first().map(|c| c.payload_type)
+}
+
+struct Feed {
+    viewer: PeerId,
+    track: Arc<TrackLocalStaticRTP>,
+    pt: u8,
+    ssrc: u32,
+    clock_rate: u32,
+    video: bool,
+    stats: Arc<PeerStats>,
+    keyframes: Option<KeyframeRequester>,
+}
+
+/// Wait for the connection, then send frames until cancelled or the connection ends.
+async fn feed(
+    f: Feed,
+    mut rx: broadcast::Receiver<Arc<EncodedFrame>>,
+    mut state: watch::Receiver<RTCPeerConnectionState>,
+    cancel: CancellationToken,
+) {
+    // Wait for DTLS to be up; packets written before are lost anyway.
+    loop {
+        let s = *state.borrow_and_update();
+        match s {
+            RTCPeerConnectionState::Connected => break,
+            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => return,
+            _ => {}
+        }
+        tokio::select! {
+            r = state.changed() => if r.is_err() { return },
+            _ = cancel.cancelled() => return,
+        }
+    }
+    // Start from a fresh keyframe (with SPS/PPS); skip what is queued before it.
+    rx = rx.resubscribe();
+    if let Some(k) = &f.keyframes {
+        k.request();
+    }
+    let mut payloader: Box<dyn Payloader> = if f.video { Box::new(H264Payloader::default()) } else { Box::new(OpusPayloader) };
+    let mut seq: u16 = rand::random();
+    let ts_offset: u32 = rand::random();
+    let mut waiting_for_key = f.video;
+    let mut logged_error = false;
+    loop {
+        let frame = tokio::select! {
+            r = rx.recv() => r,
+            _ = cancel.cancelled() => return,
+        };
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                f.stats.lagged.fetch_add(1, Ordering::Relaxed);
+                f.stats.frames_skipped.fetch_add(n, Ordering::Relaxed);
+                tracing::debug!(viewer = %f.viewer, skipped = n, "viewer lagging; skipping to the next keyframe");
+                if let Some(k) = &f.keyframes {
+                    waiting_for_key = true;
+                    k.request();
+                }
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if waiting_for_key {
+            if !frame.keyframe {
+                f.stats.frames_skipped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            waiting_for_key = false;
+        }
+        let ticks = (frame.pts.as_nanos() * f.clock_rate as u128 / 1_000_000_000) as u32;
+        let timestamp = ts_offset.wrapping_add(ticks);
+        let payloads = match payloader.payload(RTP_MTU, &frame.data) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(viewer = %f.viewer, error = %e, "cannot packetize frame");
+                continue;
+            }
+        };
+        let n = payloads.len();
+        for (i, payload) in payloads.into_iter().enumerate() {
+            let packet = rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    marker: if f.video { i + 1 == n } else { false },
+                    payload_type: f.pt,
+                    sequence_number: seq,
+                    timestamp,
+                    ssrc: f.ssrc,
+                    ..Default::default()
+                },
+                payload,
+            };
+            seq = seq.wrapping_add(1);
+            if let Err(e) = f.track.write_rtp(packet).await {
+                f.stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                if !logged_error {
+                    tracing::warn!(viewer = %f.viewer, error = %e, "RTP send failed");
+                    logged_error = true;
+                }
+            }
+        }
+        if f.video {
+            f.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Turn the viewer's PLI/FIR into (throttled) keyframe requests.
+async fn rtcp_loop(track: Arc<TrackLocalStaticRTP>, keyframes: KeyframeRequester, stats: Arc<PeerStats>, cancel: CancellationToken) {
+    loop {
+        let ev = tokio::select! {
+            ev = track.poll() => ev,
+            _ = cancel.cancelled() => return,
+        };
+        match ev {
+            Some(TrackLocalEvent::OnRtcpPacket(packets)) => {
+                let wants_key = packets.iter().any(|p| {
+                    let any = p.as_any();
+                    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+                });
+                if wants_key {
+                    stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+                    keyframes.request();
+                }
+            }
+            Some(_) => {}
+            None => {
+                // Unbound (closed or not yet bound): poll again shortly unless cancelled.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = cancel.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn h264_in_offer() {
+        let chrome = "m=video 9 UDP/TLS/RTP/SAVPF 96 108\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:108 H264/90000\r\na=fmtp:108 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n";
+        assert!(offer_has_h264(chrome));
+        let firefox_esr = "m=video 9 UDP/TLS/RTP/SAVPF 120 124 98\r\na=rtpmap:120 VP8/90000\r\na=rtpmap:98 VP9/90000\r\na=fmtp:120 max-fs=12288;max-fr=60\r\n";
+        assert!(!offer_has_h264(firefox_esr));
+        let mode0 = "a=rtpmap:97 H264/90000\r\na=fmtp:97 profile-level-id=42e01f;level-asymmetry-allowed=1\r\n";
+        assert!(!offer_has_h264(mode0));
+    }
+}

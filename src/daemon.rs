@@ -1,0 +1,418 @@
+//! The two long-running modes and their lifecycle: `run` (capture + encode + camera, with the
+//! embedded signaling server unless a remote one is configured) and `serve` (signaling server
+//! only). Owns start-up order, readiness (`READY=1`), the watchdog, recovery of the media
+//! pipeline after device faults, and shutdown: on SIGTERM or Ctrl-C every task is cancelled and
+//! waited for, viewers get `exit`, the pipeline goes to NULL.
+
+use crate::camera::{self, CameraAuth, CameraSettings, CameraState};
+use crate::config::{Config, TransportPolicy};
+use crate::media::encoder::EncodeSettings;
+use crate::media::pipeline::{MediaPipeline, MediaSettings, PipelineError};
+use crate::media::source::{AudioSource, VideoSource};
+use crate::notify;
+use crate::signal::ice::IceProvider;
+use crate::signal::protocol::Role;
+use crate::signal::router::{Access, Limits, Router};
+use crate::signal::server::{ConnLimits, NoObserver, Observer, SignalServer};
+use crate::signal::token::TokenKey;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Media pipeline.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    /// Listening socket.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Token secret.
+    #[error(transparent)]
+    Secret(#[from] crate::signal::SecretError),
+    /// Signals.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Longest wait for viewers, the camera and the server to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+
+fn router_for(config: &Config, key: TokenKey) -> Router {
+    let open = config.server.open_rooms.iter().cloned().collect();
+    Router::new(
+        Access { key, open_rooms: open },
+        Limits { max_peers_per_room: config.server.max_peers_per_room, max_rooms: config.server.max_rooms },
+        IceProvider::from_config(&config.ice),
+    )
+}
+
+fn conn_limits(config: &Config) -> ConnLimits {
+    ConnLimits {
+        max_message_bytes: config.server.max_message_bytes,
+        messages_per_second: config.server.messages_per_second,
+        idle_timeout: config.server.idle_timeout,
+    }
+}
+
+fn announce_open_rooms(config: &Config) {
+    if config.server.open_rooms.is_empty() {
+        tracing::info!("every room needs a token (server.open-rooms is empty)");
+    } else if config.server.open_rooms.iter().any(|r| r == "*") {
+        tracing::warn!("ALL rooms are open: anyone who can reach this server can watch and publish");
+    } else {
+        tracing::warn!(rooms = ?config.server.open_rooms, "these rooms are open to anyone without a token");
+    }
+}
+
+async fn bind(addr: &str) -> Result<tokio::net::TcpListener, DaemonError> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { addr: addr.to_owned(), source })
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+async fn terminate_signal() -> Result<(), DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("interrupted: shutting down"),
+    }
+    Ok(())
+}
+
+async fn wait_tasks(tasks: TaskTracker) {
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
+        tracing::warn!("some tasks did not finish within {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
+}
+
+/// `campeer serve`: the standalone signaling server.
+pub async fn serve(config: Config) -> Result<(), DaemonError> {
+    let key = TokenKey::new(crate::signal::load_secret(&config)?);
+    announce_open_rooms(&config);
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let listener = bind(&config.server.listen).await?;
+    let server = SignalServer::start(
+        listener,
+        router_for(&config, key),
+        conn_limits(&config),
+        Arc::new(NoObserver),
+        shutdown.clone(),
+        &tasks,
+    )
+    .map_err(|source| DaemonError::Listen { addr: config.server.listen.clone(), source })?;
+    println!("campeer signaling server on http://{}/ (WebSocket /ws)", server.local_addr);
+    notify::notify("READY=1\nSTATUS=serving");
+    spawn_watchdog(&tasks, shutdown.clone());
+    terminate_signal().await?;
+    notify::notify("STOPPING=1");
+    shutdown.cancel();
+    wait_tasks(tasks).await;
+    Ok(())
+}
+
+fn spawn_watchdog(tasks: &TaskTracker, shutdown: CancellationToken) {
+    let Some(every) = notify::watchdog_interval() else { return };
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => { notify::notify("WATCHDOG=1"); }
+                _ = shutdown.cancelled() => break,
+            }
+        }
+    });
+}
+
+/// What `/healthz` and `/metrics` report for a running camera.
+struct CameraObserver {
+    media: Arc<MediaPipeline>,
+    camera: Arc<CameraState>,
+    stall: Duration,
+    started: std::time::Instant,
+}
+
+impl Observer for CameraObserver {
+    fn health(&self) -> Result<(), String> {
+        let last = self.media.stats.last_frame_unix_ms.load(Ordering::Relaxed);
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        if last == 0 {
+            if self.started.elapsed() > self.stall {
+                return Err(format!("no frame from the camera since start ({:?})", self.started.elapsed()));
+            }
+            return Ok(());
+        }
+        let age = Duration::from_millis(now.saturating_sub(last));
+        if age > self.stall {
+            return Err(format!("no frame from the camera for {:.1} s", age.as_secs_f64()));
+        }
+        Ok(())
+    }
+
+    fn metrics(&self) -> String {
+        let s = &self.media.stats;
+        let mut out = format!(
+            "# TYPE campeer_viewers gauge\ncampeer_viewers {}\n\
+             # TYPE campeer_frames_encoded_total counter\ncampeer_frames_encoded_total {}\n\
+             # TYPE campeer_keyframes_total counter\ncampeer_keyframes_total {}\n\
+             # TYPE campeer_video_bytes_total counter\ncampeer_video_bytes_total {}\n\
+             # TYPE campeer_audio_packets_total counter\ncampeer_audio_packets_total {}\n\
+             # TYPE campeer_keyframe_requests_total counter\ncampeer_keyframe_requests_total {}\n\
+             # TYPE campeer_signaling_joined gauge\ncampeer_signaling_joined {}\n\
+             # TYPE campeer_signaling_connects_total counter\ncampeer_signaling_connects_total {}\n\
+             # TYPE campeer_viewers_refused_total counter\ncampeer_viewers_refused_total {}\n",
+            self.camera.viewer_count(),
+            s.frames.load(Ordering::Relaxed),
+            s.keyframes.load(Ordering::Relaxed),
+            s.video_bytes.load(Ordering::Relaxed),
+            s.audio_packets.load(Ordering::Relaxed),
+            s.keyframe_requests.load(Ordering::Relaxed),
+            self.camera.joined.load(Ordering::Relaxed) as u8,
+            self.camera.signal_connects.load(Ordering::Relaxed),
+            self.camera.viewers_refused.load(Ordering::Relaxed),
+        );
+        if let Ok(viewers) = self.camera.viewers.lock() {
+            out.push_str("# TYPE campeer_viewer_frames_sent_total counter\n");
+            for (id, v) in viewers.iter() {
+                out.push_str(&format!("campeer_viewer_frames_sent_total{{viewer=\"{id}\"}} {}\n", v.frames_sent.load(Ordering::Relaxed)));
+            }
+            out.push_str("# TYPE campeer_viewer_frames_skipped_total counter\n");
+            for (id, v) in viewers.iter() {
+                out.push_str(&format!("campeer_viewer_frames_skipped_total{{viewer=\"{id}\"}} {}\n", v.frames_skipped.load(Ordering::Relaxed)));
+            }
+            out.push_str("# TYPE campeer_viewer_pli_total counter\n");
+            for (id, v) in viewers.iter() {
+                out.push_str(&format!("campeer_viewer_pli_total{{viewer=\"{id}\"}} {}\n", v.keyframe_requests.load(Ordering::Relaxed)));
+            }
+        }
+        out
+    }
+}
+
+fn media_settings(config: &Config) -> Result<MediaSettings, PipelineError> {
+    // Both parsed by Config::validate already; a failure here is a bug reported as a build error.
+    let video = VideoSource::parse(&config.video.source).map_err(|m| PipelineError::Build { what: "video", message: m })?;
+    let audio = AudioSource::parse(&config.audio.source).map_err(|m| PipelineError::Build { what: "audio", message: m })?;
+    let fps = config.video.framerate;
+    let gop = ((config.video.keyframe_interval.as_secs_f64() * fps as f64).round() as u32).max(1);
+    Ok(MediaSettings {
+        video,
+        audio,
+        encoder: config.video.encoder.clone(),
+        encode: EncodeSettings {
+            width: config.video.width,
+            height: config.video.height,
+            framerate: fps,
+            bitrate_kbps: config.video.bitrate_kbps,
+            gop,
+        },
+        audio_bitrate_kbps: config.audio.bitrate_kbps,
+    })
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "campeer".into())
+}
+
+/// Watch the pipeline's bus: on an error (device unplugged, busy, I/O error), log it with the
+/// element that failed and restart the pipeline with backoff until it plays again.
+fn spawn_media_supervisor(media: Arc<MediaPipeline>, tasks: &TaskTracker, shutdown: CancellationToken) {
+    let Some(bus) = media.bus() else { return };
+    tasks.spawn(async move {
+        use futures_util::StreamExt;
+        use gstreamer::MessageView;
+        use gstreamer::prelude::GstObjectExt;
+        let mut messages = bus.stream();
+        let mut attempt = 0u32;
+        loop {
+            let msg = tokio::select! {
+                m = messages.next() => match m { Some(m) => m, None => break },
+                _ = shutdown.cancelled() => break,
+            };
+            let problem = match msg.view() {
+                MessageView::Error(e) => {
+                    let src = msg.src().map(|s| s.name().to_string()).unwrap_or_default();
+                    format!("{src}: {} ({})", e.error(), e.debug().map(|d| d.to_string()).unwrap_or_default())
+                }
+                MessageView::Eos(_) => "end of stream from the source".to_owned(),
+                _ => continue,
+            };
+            tracing::error!(source = %media.source, problem = %problem, "media pipeline failed; restarting it");
+            loop {
+                media.stop();
+                let wait = camera::backoff(attempt);
+                attempt = (attempt + 1).min(8);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                // Flush stale messages from the failed run.
+                while bus.pop().is_some() {}
+                let m = media.clone();
+                let started = tokio::task::spawn_blocking(move || m.start(Duration::from_secs(5))).await;
+                match started {
+                    Ok(Ok(())) => {
+                        tracing::info!(source = %media.source, "media pipeline playing again");
+                        attempt = 0;
+                        break;
+                    }
+                    Ok(Err(e)) => tracing::warn!(source = %media.source, error = %e, retry_in = ?camera::backoff(attempt), "media pipeline still failing"),
+                    Err(e) => tracing::warn!(error = %e, "pipeline restart task failed"),
+                }
+            }
+        }
+    });
+}
+
+/// `campeer run`: the camera daemon.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let settings = media_settings(&config)?;
+    let media = {
+        let s = settings.clone();
+        tokio::task::spawn_blocking(move || MediaPipeline::build(&s))
+            .await
+            .map_err(|e| PipelineError::Init(e.to_string()))??
+    };
+    let media = Arc::new(media);
+    tracing::info!(
+        source = %media.source,
+        encoder = %media.encoder,
+        hardware = media.encoder.is_hardware(),
+        width = settings.encode.width,
+        height = settings.encode.height,
+        fps = settings.encode.framerate,
+        kbps = settings.encode.bitrate_kbps,
+        audio = %config.audio.source,
+        "media pipeline built"
+    );
+    {
+        let m = media.clone();
+        tokio::task::spawn_blocking(move || m.start(Duration::from_secs(10)))
+            .await
+            .map_err(|e| PipelineError::Init(e.to_string()))??;
+    }
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    spawn_media_supervisor(media.clone(), &tasks, shutdown.clone());
+
+    let camera_state = Arc::new(CameraState::default());
+    let embedded = config.camera.signal_url.is_empty();
+    let mut key = None;
+    let (signal_url, page_base) = if embedded {
+        let k = TokenKey::new(crate::signal::load_secret(&config)?);
+        key = Some(k.clone());
+        announce_open_rooms(&config);
+        let listener = bind(&config.server.listen).await?;
+        let observer = Arc::new(CameraObserver {
+            media: media.clone(),
+            camera: camera_state.clone(),
+            stall: config.camera.stall_timeout,
+            started: std::time::Instant::now(),
+        });
+        let server = SignalServer::start(
+            listener,
+            router_for(&config, k),
+            conn_limits(&config),
+            observer,
+            shutdown.clone(),
+            &tasks,
+        )
+        .map_err(|source| DaemonError::Listen { addr: config.server.listen.clone(), source })?;
+        let addr = server.local_addr;
+        let local: SocketAddr = match addr {
+            SocketAddr::V4(a) if a.ip().is_unspecified() => SocketAddr::from(([127, 0, 0, 1], a.port())),
+            SocketAddr::V6(a) if a.ip().is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port())),
+            other => other,
+        };
+        (format!("ws://{local}/ws"), Some((addr, local)))
+    } else {
+        (config.camera.signal_url.clone(), None)
+    };
+
+    let auth = match (&key, config.camera.token.is_empty()) {
+        (_, false) => CameraAuth::Token(config.camera.token.clone()),
+        (Some(k), true) if !config.server.open_rooms.iter().any(|r| r == "*" || *r == config.camera.room) => {
+            CameraAuth::Mint(k.clone())
+        }
+        _ => CameraAuth::None,
+    };
+    let name = if config.camera.name.is_empty() { host_name() } else { config.camera.name.clone() };
+    let cam_settings = CameraSettings {
+        signal_url: signal_url.clone(),
+        room: config.camera.room.clone(),
+        name,
+        auth,
+        max_viewers: config.camera.max_viewers,
+        ice_servers: IceProvider::from_config(&config.ice).for_peer("camera", SystemTime::now()),
+        relay_only: config.ice.transport_policy == TransportPolicy::Relay,
+        udp_addrs: config.camera.rtc_bind.clone(),
+    };
+    let (ready_tx, mut ready_rx) = watch::channel(false);
+    tasks.spawn(camera::run(cam_settings, media.clone(), camera_state.clone(), ready_tx, shutdown.clone()));
+
+    // READY=1 once the pipeline plays (above) and the camera has joined its room.
+    let ready = async {
+        while !*ready_rx.borrow_and_update() {
+            if ready_rx.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    let signal = terminate_signal();
+    tokio::pin!(signal);
+    tokio::select! {
+        _ = ready => {
+            notify::notify("READY=1\nSTATUS=streaming");
+            print_ready(&config, key.as_ref(), page_base, &signal_url);
+        }
+        r = &mut signal => {
+            r?;
+            shutdown.cancel();
+            media.stop();
+            wait_tasks(tasks).await;
+            return Ok(());
+        }
+    }
+    spawn_watchdog(&tasks, shutdown.clone());
+    signal.await?;
+    notify::notify("STOPPING=1");
+    shutdown.cancel();
+    wait_tasks(tasks).await;
+    media.stop();
+    Ok(())
+}
+
+fn print_ready(config: &Config, key: Option<&TokenKey>, page_base: Option<(SocketAddr, SocketAddr)>, signal_url: &str) {
+    let room = &config.camera.room;
+    let open = config.server.open_rooms.iter().any(|r| r == "*" || r == room);
+    let Some((bound, local)) = page_base else {
+        println!("campeer is streaming to room {room:?} on {signal_url}");
+        return;
+    };
+    let query = match (open, key) {
+        (false, Some(k)) => format!("?token={}", k.sign(room, Role::Viewer, Duration::from_secs(30 * 24 * 3600), SystemTime::now())),
+        _ => String::new(),
+    };
+    let scheme = if config.server.tls_cert.is_some() { "https" } else { "http" };
+    println!("campeer is streaming. Open the room in a browser:");
+    println!("  {scheme}://{local}/room/{room}{query}");
+    if bound.ip().is_unspecified() {
+        println!("  {scheme}://{}:{}/room/{room}{query}", host_name(), bound.port());
+    }
+    if !open {
+        println!("(the token in the address admits viewers to room {room:?} for 30 days; `campeer token` makes more)");
+    }
+}

@@ -1,0 +1,17 @@
+//! campeer: a headless camera daemon that captures V4L2/libcamera video and ALSA audio, encodes
+//! it once (hardware H.264 where the board has it) and publishes it over WebRTC to every browser
+//! in its room, with its own signaling server and viewer page.
+//!
+//! Modules: [`config`] (TOML + env + flags), [`signal`] (rooms, protocol, tokens, server, pages),
+//! [`media`] (sources, encoder choice, the pipeline and its fan-out), [`camera`] (the WebRTC
+//! side: one connection per viewer), [`daemon`] (lifecycle of `run` and `serve`), [`devices`],
+//! [`notify`] (systemd).
+
+pub mod camera;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod devices;
+pub mod media;
+pub mod notify;
+pub mod signal;

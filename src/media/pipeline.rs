@@ -1,0 +1,334 @@
+//! The one encode: a GStreamer pipeline from the source through the H.264 encoder (and Opus) to
+//! appsinks, fanned out to every viewer through broadcast channels.
+//!
+//! The appsink callbacks never block: they copy the encoded frame into a [`bytes::Bytes`] and
+//! `send` it on a `tokio::sync::broadcast` channel, which never waits. A viewer that falls behind
+//! sees `Lagged` and skips to the next keyframe (see `camera::peer`). Keyframes are requested with
+//! an upstream force-key-unit event (all headers), throttled by [`KeyframeRequester`].
+
+use super::encoder::{self, EncodeSettings, EncoderKind, GstRegistry};
+use super::source::{self, AudioSource, VideoSource};
+use bytes::Bytes;
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+
+/// Frames buffered per viewer before it counts as lagging (4 s of video at 30 fps).
+pub const VIDEO_QUEUE: usize = 120;
+/// Audio packets buffered per viewer (5 s of 20 ms Opus packets).
+pub const AUDIO_QUEUE: usize = 250;
+/// Keyframe requests closer together than this are merged into one.
+pub const KEYFRAME_MIN_INTERVAL: Duration = Duration::from_millis(1000);
+
+/// One encoded access unit (H.264) or packet (Opus).
+#[derive(Debug, Clone)]
+pub struct EncodedFrame {
+    /// The bytes: Annex-B H.264 with SPS/PPS before IDRs, or one Opus packet.
+    pub data: Bytes,
+    /// Presentation time on the pipeline's running-time clock.
+    pub pts: Duration,
+    /// Duration, when the element set one.
+    pub duration: Option<Duration>,
+    /// True for an IDR frame (always true for audio).
+    pub keyframe: bool,
+    /// When the frame left the encoder.
+    pub at: Instant,
+}
+
+/// Why the pipeline could not be built or started.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// GStreamer could not initialise.
+    #[error("GStreamer init failed: {0}")]
+    Init(String),
+    /// No usable encoder.
+    #[error(transparent)]
+    Encoder(#[from] encoder::EncoderError),
+    /// The description did not parse or an element is missing.
+    #[error("cannot build the {what} pipeline: {message}")]
+    Build {
+        /// `video` or `audio`.
+        what: &'static str,
+        /// GStreamer's message.
+        message: String,
+    },
+    /// The pipeline refused to play (device busy or missing, bad caps).
+    #[error("cannot start the pipeline: {0}")]
+    Start(String),
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct MediaSettings {
+    /// Video source (already resolved from `auto`, or resolved on build).
+    pub video: VideoSource,
+    /// Audio source.
+    pub audio: AudioSource,
+    /// `auto` or an encoder element name.
+    pub encoder: String,
+    /// Size, rate, bitrate, GOP.
+    pub encode: EncodeSettings,
+    /// Opus bitrate, kbit/s.
+    pub audio_bitrate_kbps: u32,
+}
+
+/// Counters read by `/metrics` and `/healthz`.
+#[derive(Debug, Default)]
+pub struct MediaStats {
+    /// Video frames out of the encoder.
+    pub frames: AtomicU64,
+    /// Keyframes out of the encoder.
+    pub keyframes: AtomicU64,
+    /// Encoded video bytes.
+    pub video_bytes: AtomicU64,
+    /// Opus packets.
+    pub audio_packets: AtomicU64,
+    /// Keyframe requests sent to the encoder (after throttling).
+    pub keyframe_requests: AtomicU64,
+    /// Milliseconds since the Unix epoch of the last video frame (0: none yet).
+    pub last_frame_unix_ms: AtomicU64,
+}
+
+/// Asks the encoder for a keyframe with SPS/PPS, at most once per [`KEYFRAME_MIN_INTERVAL`];
+/// requests inside the window are merged into one sent when the window ends.
+#[derive(Clone)]
+pub struct KeyframeRequester {
+    inner: Arc<Mutex<KeyframeState>>,
+    stats: Arc<MediaStats>,
+}
+
+struct KeyframeState {
+    pad: Option<gst::Pad>,
+    last: Option<Instant>,
+    scheduled: bool,
+}
+
+impl KeyframeRequester {
+    fn new(stats: Arc<MediaStats>) -> Self {
+        Self { inner: Arc::new(Mutex::new(KeyframeState { pad: None, last: None, scheduled: false })), stats }
+    }
+
+    fn set_pad(&self, pad: Option<gst::Pad>) {
+        if let Ok(mut s) = self.inner.lock() {
+            s.pad = pad;
+        }
+    }
+
+    /// Request a keyframe. Never blocks; must be called inside a tokio runtime.
+    pub fn request(&self) {
+        let Ok(mut s) = self.inner.lock() else { return };
+        let now = Instant::now();
+        match s.last {
+            Some(last) if now.duration_since(last) < KEYFRAME_MIN_INTERVAL => {
+                if !s.scheduled {
+                    s.scheduled = true;
+                    let wait = KEYFRAME_MIN_INTERVAL - now.duration_since(last);
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        if let Ok(mut s) = me.inner.lock() {
+                            s.scheduled = false;
+                            me.send(&mut s);
+                        }
+                    });
+                }
+            }
+            _ => self.send(&mut s),
+        }
+    }
+
+    fn send(&self, s: &mut KeyframeState) {
+        s.last = Some(Instant::now());
+        if let Some(pad) = &s.pad {
+            let ev = gstreamer_video::UpstreamForceKeyUnitEvent::builder().all_headers(true).build();
+            pad.push_event(ev);
+            self.stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The running capture + encode.
+pub struct MediaPipeline {
+    pipeline: gst::Pipeline,
+    /// Encoded H.264 access units.
+    pub video: broadcast::Sender<Arc<EncodedFrame>>,
+    /// Encoded Opus packets (no receivers when audio is off).
+    pub audio: broadcast::Sender<Arc<EncodedFrame>>,
+    /// Whether an audio branch exists.
+    pub has_audio: bool,
+    /// The encoder in use.
+    pub encoder: EncoderKind,
+    /// The resolved video source.
+    pub source: VideoSource,
+    /// Keyframe requests.
+    pub keyframes: KeyframeRequester,
+    /// Counters.
+    pub stats: Arc<MediaStats>,
+}
+
+/// Initialise GStreamer once.
+pub fn init() -> Result<(), PipelineError> {
+    gst::init().map_err(|e| PipelineError::Init(e.to_string()))
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The whole gst-launch description for these settings.
+pub fn describe(settings: &MediaSettings, kind: EncoderKind) -> (String, Option<String>) {
+    let s = &settings.encode;
+    let video = format!(
+        "{} ! queue max-size-buffers=2 max-size-time=0 max-size-bytes=0 leaky=downstream ! {} ! appsink name=video sync=false max-buffers=8 drop=true",
+        source::video_launch(&settings.video, s.width, s.height, s.framerate),
+        encoder::launch_fragment(kind, s)
+    );
+    let audio = source::audio_launch(&settings.audio).map(|head| {
+        format!(
+            "{head} ! queue max-size-time=100000000 leaky=downstream ! opusenc bitrate={} frame-size=20 ! appsink name=audio sync=false max-buffers=16 drop=true",
+            settings.audio_bitrate_kbps * 1000
+        )
+    });
+    (video, audio)
+}
+
+impl MediaPipeline {
+    /// Build the pipeline (not yet playing).
+    pub fn build(settings: &MediaSettings) -> Result<MediaPipeline, PipelineError> {
+        init()?;
+        let kind = encoder::choose(&settings.encoder, &GstRegistry)?;
+        let mut settings = settings.clone();
+        settings.video = source::resolve_auto(settings.video);
+        let (video_desc, audio_desc) = describe(&settings, kind);
+        tracing::debug!(pipeline = %video_desc, "video pipeline");
+        let desc = match &audio_desc {
+            Some(a) => format!("{video_desc}  {a}"),
+            None => video_desc,
+        };
+        let pipeline = gst::parse::launch(&desc)
+            .map_err(|e| PipelineError::Build { what: "media", message: e.to_string() })?
+            .downcast::<gst::Pipeline>()
+            .map_err(|_| PipelineError::Build { what: "media", message: "not a pipeline".into() })?;
+        let stats = Arc::new(MediaStats::default());
+        let (video_tx, _) = broadcast::channel(VIDEO_QUEUE);
+        let (audio_tx, _) = broadcast::channel(AUDIO_QUEUE);
+        let keyframes = KeyframeRequester::new(stats.clone());
+
+        let video_sink = appsink(&pipeline, "video")?;
+        keyframes.set_pad(video_sink.static_pad("sink"));
+        install_sink(&video_sink, video_tx.clone(), stats.clone(), true);
+        let has_audio = audio_desc.is_some();
+        if has_audio {
+            let audio_sink = appsink(&pipeline, "audio")?;
+            install_sink(&audio_sink, audio_tx.clone(), stats.clone(), false);
+        }
+        Ok(MediaPipeline {
+            pipeline,
+            video: video_tx,
+            audio: audio_tx,
+            has_audio,
+            encoder: kind,
+            source: settings.video,
+            keyframes,
+            stats,
+        })
+    }
+
+    /// Set the pipeline playing and wait (up to `timeout`) until it does, or report why not.
+    pub fn start(&self, timeout: Duration) -> Result<(), PipelineError> {
+        self.pipeline.set_state(gst::State::Playing).map_err(|_| PipelineError::Start(self.bus_error()))?;
+        let (res, state, _) = self.pipeline.state(gst::ClockTime::from_nseconds(timeout.as_nanos() as u64));
+        match (res, state) {
+            (Ok(_), gst::State::Playing) => Ok(()),
+            _ => {
+                let why = self.bus_error();
+                let _ = self.pipeline.set_state(gst::State::Null);
+                Err(PipelineError::Start(why))
+            }
+        }
+    }
+
+    /// The first error message waiting on the bus, or a generic text.
+    fn bus_error(&self) -> String {
+        let Some(bus) = self.pipeline.bus() else { return "no bus".into() };
+        while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
+            if let gst::MessageView::Error(e) = msg.view() {
+                let src = msg.src().map(|s| s.path_string().to_string()).unwrap_or_default();
+                return format!("{src}: {} ({})", e.error(), e.debug().map(|d| d.to_string()).unwrap_or_default());
+            }
+        }
+        "the pipeline did not reach PLAYING in time".into()
+    }
+
+    /// The pipeline's bus, for the supervisor to watch errors and end-of-stream.
+    pub fn bus(&self) -> Option<gst::Bus> {
+        self.pipeline.bus()
+    }
+
+    /// Change the video bitrate while running.
+    pub fn set_bitrate(&self, kbps: u32) {
+        if let Some(enc) = self.pipeline.by_name("encoder") {
+            let value = if self.encoder.bitrate_in_kbps() { kbps } else { kbps.saturating_mul(1000) };
+            if enc.find_property("bitrate").is_some() {
+                enc.set_property_from_str("bitrate", &value.to_string());
+                tracing::info!(kbps, encoder = %self.encoder, "video bitrate changed");
+            }
+        }
+    }
+
+    /// Stop: the pipeline goes to NULL (device closed, encoder freed).
+    pub fn stop(&self) {
+        self.keyframes.set_pad(None);
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+impl Drop for MediaPipeline {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn appsink(pipeline: &gst::Pipeline, name: &'static str) -> Result<gst_app::AppSink, PipelineError> {
+    pipeline
+        .by_name(name)
+        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+        .ok_or(PipelineError::Build { what: name, message: format!("appsink {name} missing") })
+}
+
+fn install_sink(sink: &gst_app::AppSink, tx: broadcast::Sender<Arc<EncodedFrame>>, stats: Arc<MediaStats>, video: bool) {
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let Some(buffer) = sample.buffer() else { return Ok(gst::FlowSuccess::Ok) };
+                let Ok(map) = buffer.map_readable() else { return Ok(gst::FlowSuccess::Ok) };
+                let keyframe = !video || !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+                let frame = EncodedFrame {
+                    data: Bytes::copy_from_slice(map.as_slice()),
+                    pts: buffer.pts().map(|t| Duration::from_nanos(t.nseconds())).unwrap_or_default(),
+                    duration: buffer.duration().map(|t| Duration::from_nanos(t.nseconds())),
+                    keyframe,
+                    at: Instant::now(),
+                };
+                if video {
+                    stats.frames.fetch_add(1, Ordering::Relaxed);
+                    stats.video_bytes.fetch_add(frame.data.len() as u64, Ordering::Relaxed);
+                    if keyframe {
+                        stats.keyframes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    stats.last_frame_unix_ms.store(unix_ms(), Ordering::Relaxed);
+                } else {
+                    stats.audio_packets.fetch_add(1, Ordering::Relaxed);
+                }
+                // Never blocks; with no viewer there is no receiver and the frame is dropped.
+                let _ = tx.send(Arc::new(frame));
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+}

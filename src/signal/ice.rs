@@ -1,0 +1,80 @@
+//! The ICE servers handed to each peer in `created`: static STUN/TURN entries from the config,
+//! plus TURN REST ephemeral credentials for coturn's `use-auth-secret` mode
+//! (username `<expiry>:<peer id>`, credential `base64(HMAC-SHA1(secret, username))`).
+
+use super::protocol::IceServer;
+use crate::config::IceConfig;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Computes each peer's ICE server list.
+#[derive(Debug, Clone, Default)]
+pub struct IceProvider {
+    static_servers: Vec<IceServer>,
+    rest: Option<(Vec<String>, Vec<u8>, Duration)>,
+}
+
+/// The TURN REST credential pair for `user` valid until `now + ttl`.
+pub fn turn_rest_credentials(secret: &[u8], user: &str, ttl: Duration, now: SystemTime) -> (String, String) {
+    let expiry = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) + ttl.as_secs();
+    let username = format!("{expiry}:{user}");
+    // HMAC accepts keys of any length; `new_from_slice` only fails for fixed-size MACs.
+    let mut mac = Hmac::<Sha1>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(username.as_bytes());
+    (username, STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+impl IceProvider {
+    /// From the `[ice]` config section.
+    pub fn from_config(c: &IceConfig) -> Self {
+        Self {
+            static_servers: c
+                .servers
+                .iter()
+                .map(|s| IceServer { urls: s.urls.clone(), username: s.username.clone(), credential: s.credential.clone() })
+                .collect(),
+            rest: c.turn_rest.as_ref().map(|t| (t.urls.clone(), t.secret.clone().into_bytes(), t.ttl)),
+        }
+    }
+
+    /// The list for `peer` at `now`.
+    pub fn for_peer(&self, peer: &str, now: SystemTime) -> Vec<IceServer> {
+        let mut out = self.static_servers.clone();
+        if let Some((urls, secret, ttl)) = &self.rest {
+            let (username, credential) = turn_rest_credentials(secret, peer, *ttl, now);
+            out.push(IceServer { urls: urls.clone(), username: Some(username), credential: Some(credential) });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{IceServerConfig, TurnRestConfig};
+
+    #[test]
+    fn coturn_rest_credentials() {
+        // Reference value computed with: printf '%s' '1000086400:peer1' | openssl dgst -sha1 -hmac secret -binary | base64
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let (u, c) = turn_rest_credentials(b"secret", "peer1", Duration::from_secs(86_400), now);
+        assert_eq!(u, "1000086400:peer1");
+        assert_eq!(c, "ZeZRqiv+iJBhP+YI6UYgtbKjQIU=");
+    }
+
+    #[test]
+    fn static_then_rest() {
+        let p = IceProvider::from_config(&IceConfig {
+            servers: vec![IceServerConfig { urls: vec!["stun:s:3478".into()], username: None, credential: None }],
+            turn_rest: Some(TurnRestConfig { urls: vec!["turn:t:3478".into()], secret: "k".into(), ttl: Duration::from_secs(60) }),
+            transport_policy: Default::default(),
+        });
+        let list = p.for_peer("abc", UNIX_EPOCH + Duration::from_secs(100));
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].urls, vec!["stun:s:3478".to_string()]);
+        assert_eq!(list[1].username.as_deref(), Some("160:abc"));
+    }
+}

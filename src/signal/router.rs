@@ -1,0 +1,409 @@
+//! The signaling server's brain: rooms, membership, access checks and relays, as a pure state
+//! machine from (peer, message) to the messages to send, with no sockets and no clock of its own.
+//!
+//! The connection layer (`signal::server`) owns the sockets and calls [`Router::handle`] and
+//! [`Router::disconnect`] from one task; every rule of the room protocol lives here.
+
+use super::ice::IceProvider;
+use super::protocol::{ClientMessage, ErrorCode, PeerId, PeerInfo, Role, ServerMessage, PROTOCOL_VERSION};
+use super::token::{TokenError, TokenKey};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::SystemTime;
+
+/// Longest room name.
+pub const MAX_ROOM_LEN: usize = 64;
+/// Longest peer name kept (longer names are cut).
+pub const MAX_NAME_LEN: usize = 64;
+
+/// True when `room` is a valid room name: 1–64 of `A-Z a-z 0-9 _ - .`.
+pub fn valid_room(room: &str) -> bool {
+    !room.is_empty()
+        && room.len() <= MAX_ROOM_LEN
+        && room.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+/// Who may join which room.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// Verifies tokens.
+    pub key: TokenKey,
+    /// Rooms that need no token; `*` opens all.
+    pub open_rooms: HashSet<String>,
+}
+
+impl Access {
+    /// True when `room` admits anyone.
+    pub fn is_open(&self, room: &str) -> bool {
+        self.open_rooms.contains("*") || self.open_rooms.contains(room)
+    }
+}
+
+/// Size limits the router enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most peers in one room.
+    pub max_peers_per_room: usize,
+    /// Most rooms at once.
+    pub max_rooms: usize,
+}
+
+#[derive(Debug)]
+struct Member {
+    room: String,
+    role: Role,
+    name: String,
+}
+
+/// Outgoing messages: (recipient, message).
+pub type Outbox = Vec<(PeerId, ServerMessage)>;
+
+/// Rooms and the peers in them.
+#[derive(Debug)]
+pub struct Router {
+    access: Access,
+    limits: Limits,
+    ice: IceProvider,
+    /// Joined peers. Connected but not joined peers are not tracked here.
+    members: HashMap<PeerId, Member>,
+    /// Room → its members in join order (BTreeMap keyed by join sequence).
+    rooms: HashMap<String, BTreeMap<u64, PeerId>>,
+    seq: u64,
+    /// Peer → its join sequence number in its room.
+    seq_of: HashMap<PeerId, u64>,
+}
+
+fn err(to: &PeerId, code: ErrorCode, text: impl Into<String>) -> Outbox {
+    vec![(to.clone(), code.message(text))]
+}
+
+impl Router {
+    /// A router with no rooms.
+    pub fn new(access: Access, limits: Limits, ice: IceProvider) -> Self {
+        Self {
+            access,
+            limits,
+            ice,
+            members: HashMap::new(),
+            rooms: HashMap::new(),
+            seq: 0,
+            seq_of: HashMap::new(),
+        }
+    }
+
+    /// Number of rooms with at least one peer.
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Number of joined peers.
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// The peers in `room`, in join order.
+    pub fn peers_in(&self, room: &str) -> Vec<PeerInfo> {
+        self.rooms
+            .get(room)
+            .map(|m| m.values().filter_map(|id| self.info(id)).collect())
+            .unwrap_or_default()
+    }
+
+    fn info(&self, id: &PeerId) -> Option<PeerInfo> {
+        self.members.get(id).map(|m| PeerInfo { id: id.clone(), role: m.role, name: m.name.clone() })
+    }
+
+    /// Handle one message from `from` at `now`.
+    pub fn handle(&mut self, from: &PeerId, msg: ClientMessage, now: SystemTime) -> Outbox {
+        match msg {
+            ClientMessage::Join { room, role, token, name } => self.join(from, room, role, token, name, now),
+            ClientMessage::Exit {} => {
+                if self.members.contains_key(from) {
+                    self.leave(from)
+                } else {
+                    err(from, ErrorCode::NotJoined, "exit before join")
+                }
+            }
+            ClientMessage::Offer { to, sdp } => self.relay(from, &to, ServerMessage::Offer { from: from.clone(), sdp }),
+            ClientMessage::Answer { to, sdp } => self.relay(from, &to, ServerMessage::Answer { from: from.clone(), sdp }),
+            ClientMessage::Candidate { to, candidate } => {
+                self.relay(from, &to, ServerMessage::Candidate { from: from.clone(), candidate })
+            }
+            ClientMessage::Reject { to, code, message } => {
+                let code: String = code.chars().take(64).collect();
+                let message: String = message.chars().take(512).collect();
+                self.relay(from, &to, ServerMessage::Error { code, message, from: Some(from.clone()) })
+            }
+        }
+    }
+
+    /// The peer's connection closed: it leaves its room, if any.
+    pub fn disconnect(&mut self, peer: &PeerId) -> Outbox {
+        if self.members.contains_key(peer) { self.leave(peer) } else { vec![] }
+    }
+
+    fn join(
+        &mut self,
+        from: &PeerId,
+        room: String,
+        role: Role,
+        token: Option<String>,
+        name: Option<String>,
+        now: SystemTime,
+    ) -> Outbox {
+        if let Some(m) = self.members.get(from) {
+            return err(from, ErrorCode::AlreadyJoined, format!("already in room {:?}; send exit first", m.room));
+        }
+        if !valid_room(&room) {
+            return err(from, ErrorCode::BadRoom, "room names are 1-64 characters of A-Z a-z 0-9 _ - .");
+        }
+        if !self.access.is_open(&room) {
+            let Some(token) = token.filter(|t| !t.is_empty()) else {
+                return err(from, ErrorCode::TokenRequired, format!("room {room:?} needs a {role} token"));
+            };
+            match self.access.key.verify(&token, &room, role, now) {
+                Ok(_) => {}
+                Err(TokenError::Expired(ago)) => {
+                    return err(from, ErrorCode::TokenExpired, format!("token expired {ago} s ago"));
+                }
+                Err(e) => return err(from, ErrorCode::BadToken, e.to_string()),
+            }
+        }
+        let occupants = self.rooms.get(&room).map(|m| m.len()).unwrap_or(0);
+        if occupants == 0 && self.rooms.len() >= self.limits.max_rooms {
+            return err(from, ErrorCode::TooManyRooms, format!("the server holds its maximum of {} rooms", self.limits.max_rooms));
+        }
+        if occupants >= self.limits.max_peers_per_room {
+            return err(from, ErrorCode::RoomFull, format!("room {room:?} holds its maximum of {} peers", self.limits.max_peers_per_room));
+        }
+        let name: String = name.unwrap_or_default().chars().filter(|c| !c.is_control()).take(MAX_NAME_LEN).collect();
+        let peers = self.peers_in(&room);
+        let mut out: Outbox = peers
+            .iter()
+            .map(|p| {
+                (p.id.clone(), ServerMessage::Joined { id: from.clone(), room: room.clone(), role, name: name.clone() })
+            })
+            .collect();
+        out.insert(
+            0,
+            (
+                from.clone(),
+                ServerMessage::Created {
+                    id: from.clone(),
+                    room: room.clone(),
+                    peers,
+                    ice_servers: self.ice.for_peer(from, now),
+                    protocol: PROTOCOL_VERSION,
+                },
+            ),
+        );
+        self.seq += 1;
+        self.rooms.entry(room.clone()).or_default().insert(self.seq, from.clone());
+        self.seq_of.insert(from.clone(), self.seq);
+        self.members.insert(from.clone(), Member { room, role, name });
+        out
+    }
+
+    fn leave(&mut self, peer: &PeerId) -> Outbox {
+        let Some(m) = self.members.remove(peer) else { return vec![] };
+        if let (Some(seq), Some(room)) = (self.seq_of.remove(peer), self.rooms.get_mut(&m.room)) {
+            room.remove(&seq);
+            if room.is_empty() {
+                self.rooms.remove(&m.room);
+            }
+        }
+        self.peers_in(&m.room)
+            .into_iter()
+            .map(|p| (p.id, ServerMessage::Exit { from: peer.clone(), room: m.room.clone() }))
+            .collect()
+    }
+
+    fn relay(&mut self, from: &PeerId, to: &PeerId, msg: ServerMessage) -> Outbox {
+        let Some(sender) = self.members.get(from) else {
+            return err(from, ErrorCode::NotJoined, "join a room first");
+        };
+        let Some(target) = self.members.get(to).filter(|t| t.room == sender.room) else {
+            let shown: String = to.chars().take(32).collect();
+            return err(from, ErrorCode::UnknownPeer, format!("no peer {shown:?} in room {:?}", sender.room));
+        };
+        if target.role == sender.role {
+            return err(from, ErrorCode::NotAllowed, format!("a {} cannot call a {}", sender.role, target.role));
+        }
+        vec![(to.clone(), msg)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signal::protocol::IceCandidate;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_000_000)
+    }
+
+    fn key() -> TokenKey {
+        TokenKey::new(b"test-secret".to_vec())
+    }
+
+    fn router(open: &[&str]) -> Router {
+        Router::new(
+            Access { key: key(), open_rooms: open.iter().map(|s| s.to_string()).collect() },
+            Limits { max_peers_per_room: 4, max_rooms: 2 },
+            IceProvider::default(),
+        )
+    }
+
+    fn join(r: &mut Router, id: &str, room: &str, role: Role, token: Option<String>) -> Outbox {
+        r.handle(
+            &id.to_string(),
+            ClientMessage::Join { room: room.into(), role, token, name: Some(format!("n-{id}")) },
+            now(),
+        )
+    }
+
+    fn code(out: &Outbox) -> &str {
+        match out.as_slice() {
+            [(_, ServerMessage::Error { code, .. })] => code,
+            other => panic!("expected one error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn join_created_joined_in_order() {
+        let mut r = router(&["lab"]);
+        let out = join(&mut r, "cam", "lab", Role::Camera, None);
+        assert_eq!(out.len(), 1);
+        assert!(matches!(&out[0], (to, ServerMessage::Created { id, peers, protocol: 1, .. }) if to == "cam" && id == "cam" && peers.is_empty()));
+
+        let out = join(&mut r, "v1", "lab", Role::Viewer, None);
+        assert_eq!(out.len(), 2);
+        let (to, ServerMessage::Created { peers, .. }) = &out[0] else { panic!("{out:?}") };
+        assert_eq!(to, "v1");
+        assert_eq!(peers, &vec![PeerInfo { id: "cam".into(), role: Role::Camera, name: "n-cam".into() }]);
+        assert_eq!(
+            out[1],
+            ("cam".into(), ServerMessage::Joined { id: "v1".into(), room: "lab".into(), role: Role::Viewer, name: "n-v1".into() })
+        );
+
+        let out = join(&mut r, "v2", "lab", Role::Viewer, None);
+        let (_, ServerMessage::Created { peers, .. }) = &out[0] else { panic!() };
+        assert_eq!(peers.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["cam", "v1"]);
+        assert_eq!(out.iter().skip(1).map(|(to, _)| to.as_str()).collect::<Vec<_>>(), ["cam", "v1"]);
+    }
+
+    #[test]
+    fn relay_sets_from_and_respects_roles() {
+        let mut r = router(&["lab"]);
+        join(&mut r, "cam", "lab", Role::Camera, None);
+        join(&mut r, "v1", "lab", Role::Viewer, None);
+        join(&mut r, "v2", "lab", Role::Viewer, None);
+        let out = r.handle(&"v1".into(), ClientMessage::Offer { to: "cam".into(), sdp: "o".into() }, now());
+        assert_eq!(out, vec![("cam".into(), ServerMessage::Offer { from: "v1".into(), sdp: "o".into() })]);
+        let out = r.handle(&"cam".into(), ClientMessage::Answer { to: "v1".into(), sdp: "a".into() }, now());
+        assert_eq!(out, vec![("v1".into(), ServerMessage::Answer { from: "cam".into(), sdp: "a".into() })]);
+        let cand = IceCandidate { candidate: "candidate:x".into(), sdp_mid: Some("0".into()), sdp_m_line_index: Some(0), username_fragment: None };
+        let out = r.handle(&"cam".into(), ClientMessage::Candidate { to: "v1".into(), candidate: Some(cand.clone()) }, now());
+        assert_eq!(out, vec![("v1".into(), ServerMessage::Candidate { from: "cam".into(), candidate: Some(cand) })]);
+        let out = r.handle(&"cam".into(), ClientMessage::Candidate { to: "v1".into(), candidate: None }, now());
+        assert_eq!(out, vec![("v1".into(), ServerMessage::Candidate { from: "cam".into(), candidate: None })]);
+        // Viewers never call viewers.
+        let out = r.handle(&"v1".into(), ClientMessage::Offer { to: "v2".into(), sdp: "o".into() }, now());
+        assert_eq!(code(&out), "not-allowed");
+        // Reject is relayed as an error from the camera.
+        let out = r.handle(&"cam".into(), ClientMessage::Reject { to: "v2".into(), code: "max-viewers".into(), message: "full".into() }, now());
+        assert_eq!(out, vec![("v2".into(), ServerMessage::Error { code: "max-viewers".into(), message: "full".into(), from: Some("cam".into()) })]);
+    }
+
+    #[test]
+    fn relay_only_within_room() {
+        let mut r = router(&["*"]);
+        join(&mut r, "cam", "a", Role::Camera, None);
+        join(&mut r, "v", "b", Role::Viewer, None);
+        let out = r.handle(&"v".into(), ClientMessage::Offer { to: "cam".into(), sdp: "o".into() }, now());
+        assert_eq!(code(&out), "unknown-peer");
+        let out = r.handle(&"v".into(), ClientMessage::Offer { to: "nobody".into(), sdp: "o".into() }, now());
+        assert_eq!(code(&out), "unknown-peer");
+    }
+
+    #[test]
+    fn exit_and_disconnect_notify_room() {
+        let mut r = router(&["lab"]);
+        join(&mut r, "cam", "lab", Role::Camera, None);
+        join(&mut r, "v1", "lab", Role::Viewer, None);
+        join(&mut r, "v2", "lab", Role::Viewer, None);
+        let out = r.handle(&"v1".into(), ClientMessage::Exit {}, now());
+        let exit = |from: &str| ServerMessage::Exit { from: from.into(), room: "lab".into() };
+        assert_eq!(out, vec![("cam".into(), exit("v1")), ("v2".into(), exit("v1"))]);
+        // v1 may join again after exit.
+        assert!(matches!(join(&mut r, "v1", "lab", Role::Viewer, None)[0].1, ServerMessage::Created { .. }));
+        let out = r.disconnect(&"cam".into());
+        assert_eq!(out, vec![("v2".into(), exit("cam")), ("v1".into(), exit("cam"))]);
+        assert!(r.disconnect(&"cam".into()).is_empty(), "second disconnect is a no-op");
+        r.disconnect(&"v1".into());
+        r.disconnect(&"v2".into());
+        assert_eq!(r.room_count(), 0, "empty rooms are forgotten");
+        assert_eq!(r.member_count(), 0);
+    }
+
+    #[test]
+    fn messages_before_join_and_double_join() {
+        let mut r = router(&["lab"]);
+        assert_eq!(code(&r.handle(&"x".into(), ClientMessage::Offer { to: "y".into(), sdp: "".into() }, now())), "not-joined");
+        assert_eq!(code(&r.handle(&"x".into(), ClientMessage::Exit {}, now())), "not-joined");
+        join(&mut r, "x", "lab", Role::Viewer, None);
+        assert_eq!(code(&join(&mut r, "x", "lab", Role::Viewer, None)), "already-joined");
+        assert_eq!(code(&join(&mut r, "y", "", Role::Viewer, None)), "bad-room");
+        assert_eq!(code(&join(&mut r, "y", "a/b", Role::Viewer, None)), "bad-room");
+        assert_eq!(code(&join(&mut r, "y", &"a".repeat(65), Role::Viewer, None)), "bad-room");
+    }
+
+    #[test]
+    fn tokens_guard_protected_rooms() {
+        let mut r = router(&["open"]);
+        assert_eq!(code(&join(&mut r, "a", "secret", Role::Viewer, None)), "token-required");
+        assert_eq!(code(&join(&mut r, "a", "secret", Role::Viewer, Some("junk".into()))), "bad-token");
+        let ttl = Duration::from_secs(60);
+        let viewer = key().sign("secret", Role::Viewer, ttl, now());
+        // A viewer token never admits a camera.
+        assert_eq!(code(&join(&mut r, "a", "secret", Role::Camera, Some(viewer.clone()))), "bad-token");
+        // Nor a viewer into another room.
+        assert_eq!(code(&join(&mut r, "a", "other", Role::Viewer, Some(viewer.clone()))), "bad-token");
+        let expired = key().sign("secret", Role::Viewer, ttl, now() - Duration::from_secs(120));
+        assert_eq!(code(&join(&mut r, "a", "secret", Role::Viewer, Some(expired))), "token-expired");
+        let forged = TokenKey::new(b"guess".to_vec()).sign("secret", Role::Viewer, ttl, now());
+        assert_eq!(code(&join(&mut r, "a", "secret", Role::Viewer, Some(forged))), "bad-token");
+        assert!(matches!(join(&mut r, "a", "secret", Role::Viewer, Some(viewer))[0].1, ServerMessage::Created { .. }));
+        let cam = key().sign("secret", Role::Camera, ttl, now());
+        assert!(matches!(join(&mut r, "c", "secret", Role::Camera, Some(cam))[0].1, ServerMessage::Created { .. }));
+        // Open rooms need none.
+        assert!(matches!(join(&mut r, "b", "open", Role::Camera, None)[0].1, ServerMessage::Created { .. }));
+    }
+
+    #[test]
+    fn limits() {
+        let mut r = router(&["*"]);
+        for i in 0..4 {
+            join(&mut r, &format!("v{i}"), "a", Role::Viewer, None);
+        }
+        assert_eq!(code(&join(&mut r, "v4", "a", Role::Viewer, None)), "room-full");
+        join(&mut r, "w", "b", Role::Viewer, None);
+        assert_eq!(code(&join(&mut r, "z", "c", Role::Viewer, None)), "too-many-rooms");
+        // Joining an existing room is still fine at the room limit.
+        r.disconnect(&"v0".into());
+        assert!(matches!(join(&mut r, "z", "a", Role::Viewer, None)[0].1, ServerMessage::Created { .. }));
+    }
+
+    #[test]
+    fn names_are_sanitised() {
+        let mut r = router(&["*"]);
+        let out = r.handle(
+            &"a".into(),
+            ClientMessage::Join { room: "r".into(), role: Role::Camera, token: None, name: Some(format!("x\u{7}y{}", "z".repeat(100))) },
+            now(),
+        );
+        assert!(matches!(&out[0].1, ServerMessage::Created { .. }));
+        assert_eq!(r.peers_in("r")[0].name.len(), MAX_NAME_LEN);
+        assert!(r.peers_in("r")[0].name.starts_with("xy"));
+    }
+}

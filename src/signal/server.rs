@@ -1,0 +1,392 @@
+//! The signaling server's network side: the HTTP listener, the `/ws` WebSocket endpoint, the
+//! viewer pages, `/healthz` and `/metrics`.
+//!
+//! One hub task owns the [`Router`] and every connection's outgoing queue. Each WebSocket has a
+//! read loop (size and rate limits, parsing, idle timeout) and a write task draining a bounded
+//! queue. The hub never waits on a socket: a peer whose queue is full is disconnected, so one slow
+//! client never stalls the others.
+
+use super::protocol::{parse_client, ClientMessage, ErrorCode, PeerId};
+use super::router::Router;
+use super::web;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Outgoing messages queued per connection before the peer counts as too slow and is dropped.
+pub const OUTGOING_QUEUE: usize = 256;
+/// Frames larger than this close the connection outright (larger than any configurable limit).
+const HARD_FRAME_LIMIT: usize = 1024 * 1024;
+
+/// Per-connection limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Largest message answered with anything but `too-large`.
+    pub max_message_bytes: usize,
+    /// Sustained messages per second; bursts up to twice that.
+    pub messages_per_second: u32,
+    /// Close after this long without any frame from the client.
+    pub idle_timeout: Duration,
+}
+
+/// What the daemon around the server adds to `/healthz` and `/metrics`.
+pub trait Observer: Send + Sync + 'static {
+    /// `Err(reason)` makes `/healthz` answer 503.
+    fn health(&self) -> Result<(), String>;
+    /// Extra Prometheus text appended to `/metrics`.
+    fn metrics(&self) -> String;
+}
+
+/// A server with nothing to add: always healthy.
+pub struct NoObserver;
+impl Observer for NoObserver {
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+    fn metrics(&self) -> String {
+        String::new()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    connections_total: AtomicU64,
+    messages_in: AtomicU64,
+    errors_sent: AtomicU64,
+    slow_dropped: AtomicU64,
+}
+
+enum HubEvent {
+    Connect { id: PeerId, tx: mpsc::Sender<String> },
+    Message { id: PeerId, msg: ClientMessage },
+    Disconnect { id: PeerId },
+    Stats { reply: oneshot::Sender<HubStats> },
+}
+
+/// A snapshot of the hub's state.
+#[derive(Debug, Clone, Copy)]
+pub struct HubStats {
+    /// Open WebSocket connections.
+    pub connections: usize,
+    /// Rooms with at least one peer.
+    pub rooms: usize,
+    /// Peers in rooms.
+    pub members: usize,
+}
+
+#[derive(Clone)]
+struct AppState {
+    hub: mpsc::Sender<HubEvent>,
+    limits: ConnLimits,
+    observer: Arc<dyn Observer>,
+    counters: Arc<Counters>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// A running signaling server.
+pub struct SignalServer {
+    /// The address it listens on.
+    pub local_addr: std::net::SocketAddr,
+    hub: mpsc::Sender<HubEvent>,
+}
+
+impl SignalServer {
+    /// Serve on `listener` until `shutdown` is cancelled. Every task it starts is tracked by
+    /// `tasks`, so the caller can wait for all of them after cancelling.
+    pub fn start(
+        listener: tokio::net::TcpListener,
+        router: Router,
+        limits: ConnLimits,
+        observer: Arc<dyn Observer>,
+        shutdown: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> std::io::Result<SignalServer> {
+        let local_addr = listener.local_addr()?;
+        let (hub_tx, hub_rx) = mpsc::channel(1024);
+        let counters = Arc::new(Counters::default());
+        tasks.spawn(hub_loop(router, hub_rx, counters.clone(), shutdown.clone()));
+        let state = AppState {
+            hub: hub_tx.clone(),
+            limits,
+            observer,
+            counters,
+            shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
+        };
+        let app = axum::Router::new()
+            .route("/", get(|| async { Html(web::INDEX_HTML) }))
+            .route("/room/{name}", get(room_page))
+            .route("/viewer.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], web::VIEWER_JS) }))
+            .route("/style.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], web::STYLE_CSS) }))
+            .route("/ws", get(ws_upgrade))
+            .route("/healthz", get(healthz))
+            .route("/metrics", get(metrics))
+            .with_state(state);
+        tasks.spawn(async move {
+            let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "signaling server stopped");
+            }
+        });
+        tracing::info!(%local_addr, "signaling server listening");
+        Ok(SignalServer { local_addr, hub: hub_tx })
+    }
+
+    /// Counts of connections, rooms and members.
+    pub async fn stats(&self) -> Option<HubStats> {
+        stats(&self.hub).await
+    }
+}
+
+async fn stats(hub: &mpsc::Sender<HubEvent>) -> Option<HubStats> {
+    let (reply, rx) = oneshot::channel();
+    hub.send(HubEvent::Stats { reply }).await.ok()?;
+    rx.await.ok()
+}
+
+async fn room_page(Path(name): Path<String>) -> Response {
+    if super::router::valid_room(&name) {
+        Html(web::ROOM_HTML).into_response()
+    } else {
+        (StatusCode::NOT_FOUND, "no such room name: 1-64 characters of A-Z a-z 0-9 _ - .").into_response()
+    }
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    match state.observer.health() {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {reason}\n")).into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut out = String::new();
+    if let Some(s) = stats(&state.hub).await {
+        out.push_str(&format!(
+            "# TYPE campeer_signal_connections gauge\ncampeer_signal_connections {}\n\
+             # TYPE campeer_signal_rooms gauge\ncampeer_signal_rooms {}\n\
+             # TYPE campeer_signal_peers gauge\ncampeer_signal_peers {}\n",
+            s.connections, s.rooms, s.members
+        ));
+    }
+    let c = &state.counters;
+    out.push_str(&format!(
+        "# TYPE campeer_signal_connections_total counter\ncampeer_signal_connections_total {}\n\
+         # TYPE campeer_signal_messages_total counter\ncampeer_signal_messages_total {}\n\
+         # TYPE campeer_signal_errors_total counter\ncampeer_signal_errors_total {}\n\
+         # TYPE campeer_signal_slow_dropped_total counter\ncampeer_signal_slow_dropped_total {}\n",
+        c.connections_total.load(Ordering::Relaxed),
+        c.messages_in.load(Ordering::Relaxed),
+        c.errors_sent.load(Ordering::Relaxed),
+        c.slow_dropped.load(Ordering::Relaxed),
+    ));
+    out.push_str(&state.observer.metrics());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+async fn hub_loop(
+    mut router: Router,
+    mut rx: mpsc::Receiver<HubEvent>,
+    counters: Arc<Counters>,
+    shutdown: CancellationToken,
+) {
+    let mut conns: HashMap<PeerId, mpsc::Sender<String>> = HashMap::new();
+    loop {
+        let event = tokio::select! {
+            e = rx.recv() => match e { Some(e) => e, None => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let mut outbox = match event {
+            HubEvent::Connect { id, tx } => {
+                conns.insert(id, tx);
+                continue;
+            }
+            HubEvent::Message { id, msg } => {
+                if !conns.contains_key(&id) {
+                    continue; // dropped as slow while this message was in flight
+                }
+                router.handle(&id, msg, SystemTime::now())
+            }
+            HubEvent::Disconnect { id } => {
+                conns.remove(&id);
+                router.disconnect(&id)
+            }
+            HubEvent::Stats { reply } => {
+                let _ = reply.send(HubStats { connections: conns.len(), rooms: router.room_count(), members: router.member_count() });
+                continue;
+            }
+        };
+        // Deliver; a full queue disconnects that peer, which may produce more messages (exit).
+        while let Some((to, msg)) = outbox.pop() {
+            let Some(tx) = conns.get(&to) else { continue };
+            if matches!(msg, super::protocol::ServerMessage::Error { .. }) {
+                counters.errors_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(msg.to_json()) {
+                tracing::warn!(peer = %to, "signaling peer too slow: outgoing queue full, disconnecting it");
+                counters.slow_dropped.fetch_add(1, Ordering::Relaxed);
+                conns.remove(&to);
+                let more = router.disconnect(&to);
+                // Preserve order within the new batch: pop() takes from the end.
+                outbox.splice(0..0, more.into_iter().rev());
+            }
+        }
+    }
+}
+
+async fn ws_upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    if state.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    let tasks = state.tasks.clone();
+    ws.max_message_size(HARD_FRAME_LIMIT)
+        .max_frame_size(HARD_FRAME_LIMIT)
+        .on_upgrade(move |socket| {
+            let fut = connection(socket, state);
+            async move {
+                // Track the connection so shutdown waits for it to close.
+                let _ = tasks.spawn(fut).await;
+            }
+        })
+}
+
+/// A new random peer id.
+fn new_peer_id() -> PeerId {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Token bucket for the per-connection message rate.
+struct RateLimit {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(per_second: u32) -> Self {
+        let rate = per_second as f64;
+        Self { tokens: rate * 2.0, rate, burst: rate * 2.0, last: Instant::now() }
+    }
+    fn allow(&mut self, now: Instant) -> bool {
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+async fn connection(socket: WebSocket, state: AppState) {
+    let id = new_peer_id();
+    state.counters.connections_total.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::channel::<String>(OUTGOING_QUEUE);
+    if state.hub.send(HubEvent::Connect { id: id.clone(), tx: tx.clone() }).await.is_err() {
+        return;
+    }
+    let (mut sink, mut stream) = socket.split();
+    let ping_every = state.limits.idle_timeout / 3;
+    let writer_stop = CancellationToken::new();
+    let writer = {
+        let stop = writer_stop.clone();
+        tokio::spawn(async move {
+            let mut ping = tokio::time::interval(ping_every);
+            ping.tick().await;
+            loop {
+                tokio::select! {
+                    m = rx.recv() => match m {
+                        Some(text) => if sink.send(Message::Text(text.into())).await.is_err() { break },
+                        None => break, // the hub dropped us (slow) and the reader is gone
+                    },
+                    _ = ping.tick() => if sink.send(Message::Ping(Default::default())).await.is_err() { break },
+                    _ = stop.cancelled() => break,
+                }
+            }
+            let _ = sink.send(Message::Close(None)).await;
+        })
+    };
+    let mut rate = RateLimit::new(state.limits.messages_per_second);
+    let mut refused_in_a_row = 0u32;
+    let send_own = |msg: super::protocol::ServerMessage| {
+        state.counters.errors_sent.fetch_add(1, Ordering::Relaxed);
+        // A full queue here means the hub will drop this peer anyway.
+        let _ = tx.try_send(msg.to_json());
+    };
+    loop {
+        let frame = tokio::select! {
+            f = tokio::time::timeout(state.limits.idle_timeout, stream.next()) => f,
+            _ = state.shutdown.cancelled() => break,
+            _ = tx.closed() => break, // dropped by the hub as too slow
+        };
+        let frame = match frame {
+            Err(_) => {
+                tracing::debug!(peer = %id, "signaling connection idle, closing");
+                break;
+            }
+            Ok(None) | Ok(Some(Err(_))) => break,
+            Ok(Some(Ok(f))) => f,
+        };
+        let text = match frame {
+            Message::Text(t) => t,
+            Message::Binary(_) => {
+                send_own(ErrorCode::BadJson.message("binary frames are not part of the protocol; send JSON text"));
+                continue;
+            }
+            Message::Close(_) => break,
+            Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        state.counters.messages_in.fetch_add(1, Ordering::Relaxed);
+        if !rate.allow(Instant::now()) {
+            refused_in_a_row += 1;
+            if refused_in_a_row > state.limits.messages_per_second.saturating_mul(10) {
+                tracing::warn!(peer = %id, "signaling peer keeps flooding, closing it");
+                break;
+            }
+            send_own(ErrorCode::RateLimited.message(format!(
+                "more than {} messages per second; message dropped",
+                state.limits.messages_per_second
+            )));
+            continue;
+        }
+        refused_in_a_row = 0;
+        if text.len() > state.limits.max_message_bytes {
+            send_own(ErrorCode::TooLarge.message(format!(
+                "message of {} bytes exceeds the limit of {} bytes",
+                text.len(),
+                state.limits.max_message_bytes
+            )));
+            continue;
+        }
+        match parse_client(text.as_str()) {
+            Ok(msg) => {
+                if state.hub.send(HubEvent::Message { id: id.clone(), msg }).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => send_own(e),
+        }
+    }
+    let _ = state.hub.send(HubEvent::Disconnect { id }).await;
+    drop(tx);
+    // The writer ends by itself once the hub has dropped its sender too and the queue is
+    // flushed; give it a moment, then stop it.
+    let mut writer = writer;
+    if tokio::time::timeout(Duration::from_secs(1), &mut writer).await.is_err() {
+        writer_stop.cancel();
+        let _ = writer.await;
+    }
+}

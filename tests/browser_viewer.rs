@@ -1,0 +1,91 @@
+//! The spine, end to end: `campeer run` (embedded server, test video 1280x720@30 + test audio),
+//! the room page in a real headless Chromium, and what the viewer sees in `getStats()`.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_decodes_video_and_receives_audio() {
+    let (mut cam, url) = start_camera(&[], &[]);
+    assert!(url.contains("?token=v1."), "a protected room's URL carries a viewer token: {url}");
+    let browser = Browser::launch();
+    let mut page = browser.open(&url).await;
+    let tile = page.wait_frames(60, Duration::from_secs(30)).await;
+    assert_eq!(tile.frame_width, 1280, "{tile:?}");
+    assert_eq!(tile.frame_height, 720, "{tile:?}");
+    assert!(tile.codec.eq_ignore_ascii_case("video/H264"), "{tile:?}");
+    // Audio arrives too, and video keeps flowing without freezes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let tiles = page.tiles().await;
+    assert_eq!(tiles.len(), 1, "one camera in the room: {tiles:?}");
+    let t = &tiles[0];
+    assert!(t.audio_packets > 20, "audio packets received: {t:?}");
+    assert!(t.frames_decoded >= tile.frames_decoded + 30, "video kept decoding: {tile:?} then {t:?}");
+    assert_eq!(t.freeze_count, 0, "no freeze: {t:?}");
+    // The page shows what it plays.
+    let text = page.text().await;
+    assert!(text.contains("1280×720"), "tile shows the live resolution: {text}");
+    drop(cam.wait_log("viewer connected", Duration::from_secs(5)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_viewers_both_decode_from_one_encode() {
+    let (mut cam, url) = start_camera(&[], &[]);
+    let browser = Browser::launch();
+    let mut a = browser.open(&url).await;
+    let mut b = browser.open(&url).await;
+    let ta = a.wait_frames(60, Duration::from_secs(30)).await;
+    let tb = b.wait_frames(60, Duration::from_secs(30)).await;
+    assert_eq!((ta.frame_width, tb.frame_width), (1280, 1280));
+    assert_ne!(ta.id, "", "{ta:?}");
+    // One encoder for both: the daemon built exactly one pipeline.
+    let logs = cam.logs();
+    assert_eq!(logs.matches("media pipeline built").count(), 1, "{logs}");
+    let metrics = reqwest_metrics(&base_of(&url)).await;
+    assert!(metrics.contains("campeer_viewers 2"), "{metrics}");
+    drop(cam.wait_log("viewer connected", Duration::from_secs(1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_page_gets_video_again() {
+    let (mut cam, url) = start_camera(&[], &[]);
+    let browser = Browser::launch();
+    let mut page = browser.open(&url).await;
+    let first = page.wait_frames(30, Duration::from_secs(30)).await;
+    page.reload().await;
+    // The new page has a new peer (a new id) that decodes again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let tiles = page.tiles().await;
+        if let Some(t) = tiles.iter().find(|t| t.frames_decoded >= 30) {
+            assert_eq!(t.frame_width, 1280);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no video after reload: {tiles:?} (first: {first:?})\n{}", cam.logs());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The old viewer is cleaned up: exactly one viewer remains.
+    let base = base_of(&url);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let m = reqwest_metrics(&base).await;
+        if m.contains("campeer_viewers 1\n") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "old viewer not cleaned up:\n{m}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(cam.wait_log("viewer gone", Duration::from_secs(1)));
+}
+
+/// GET /metrics with a plain HTTP/1.0 request.
+async fn reqwest_metrics(base: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}

@@ -1,0 +1,388 @@
+//! Shared test harness: the real `campeer` binary as a child process, and a real headless
+//! Chromium driven over the DevTools protocol (CDP over a WebSocket, no extra tooling).
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A fresh temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("campeer-test-{tag}-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Signal a whole process group (the child was started as its leader).
+fn kill_group(pid: u32, sig: i32) {
+    // Never signal group 0 or -1 (the caller's group, every process).
+    if let Ok(pid) = i32::try_from(pid) {
+        if pid > 1 {
+            // SAFETY: kill(2) with a negative pid signals exactly that process group.
+            unsafe { libc::kill(-pid, sig) };
+        }
+    }
+}
+
+/// Make the child a process-group leader that dies with the test process.
+fn own_group_dying_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    // SAFETY: prctl is async-signal-safe; it only sets this process's parent-death signal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+/// A running `campeer` process; killed (whole process group) on drop.
+pub struct Campeer {
+    pub child: Child,
+    pub out: Arc<Mutex<Vec<String>>>,
+    pub err: Arc<Mutex<Vec<String>>>,
+    pub dir: TempDir,
+}
+
+/// The path of the built binary.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_campeer")
+}
+
+fn pump(stream: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<String>>>, echo: &'static str) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if std::env::var_os("CAMPEER_TEST_VERBOSE").is_some() {
+                eprintln!("[{echo}] {line}");
+            }
+            if let Ok(mut v) = into.lock() {
+                v.push(line);
+            }
+        }
+    });
+}
+
+impl Campeer {
+    /// Start `campeer <args>` with a private secret file and WebRTC bound to loopback.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Campeer {
+        let dir = TempDir::new("campeer");
+        let mut cmd = Command::new(bin());
+        cmd.args(args)
+            .env("CAMPEER__SERVER__SECRET_FILE", format!("\"{}\"", dir.path().join("secret").display()))
+            .env("CAMPEER__CAMERA__RTC_BIND", "[\"127.0.0.1:0\"]")
+            .env("CAMPEER__LOG__LEVEL", "campeer=debug,info")
+            .env_remove("CAMPEER_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        own_group_dying_with_parent(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn campeer");
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let err = Arc::new(Mutex::new(Vec::new()));
+        pump(child.stdout.take().expect("stdout piped"), out.clone(), "out");
+        pump(child.stderr.take().expect("stderr piped"), err.clone(), "err");
+        Campeer { child, out, err, dir }
+    }
+
+    /// Wait for a stdout line containing `needle`; panics with the logs after `timeout`.
+    pub fn wait_stdout(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.out.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("campeer exited ({status}) before printing {needle:?}\n{}", self.logs());
+            }
+            if Instant::now() > deadline {
+                panic!("campeer did not print {needle:?} within {timeout:?}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Wait for a stderr (log) line containing `needle`.
+    pub fn wait_log(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.err.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            if Instant::now() > deadline {
+                panic!("campeer did not log {needle:?} within {timeout:?}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The room URL printed by `campeer run` (loopback address).
+    pub fn room_url(&mut self) -> String {
+        let line = self.wait_stdout("/room/", Duration::from_secs(60));
+        line.trim().to_owned()
+    }
+
+    /// Everything it printed so far.
+    pub fn logs(&self) -> String {
+        format!(
+            "--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.out.lock().unwrap().join("\n"),
+            self.err.lock().unwrap().join("\n")
+        )
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send a signal to the process itself.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+}
+
+impl Drop for Campeer {
+    fn drop(&mut self) {
+        kill_group(self.child.id(), libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// The base `http://host:port` of a room URL.
+pub fn base_of(url: &str) -> String {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let host = rest.split('/').next().unwrap_or(rest);
+    format!("http://{host}")
+}
+
+/// A headless Chromium with a DevTools endpoint; killed on drop.
+pub struct Browser {
+    child: Child,
+    port: u16,
+    ws_path: String,
+    _profile: TempDir,
+}
+
+/// Path of Debian's Chromium.
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+impl Browser {
+    pub fn launch() -> Browser {
+        let profile = TempDir::new("chromium");
+        let mut cmd = Command::new(CHROMIUM);
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--autoplay-policy=no-user-gesture-required",
+            "--remote-debugging-port=0",
+            "--remote-allow-origins=*",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("about:blank")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        own_group_dying_with_parent(&mut cmd);
+        let child = cmd.spawn().expect("spawn chromium (apt-get install chromium)");
+        let port_file = profile.path().join("DevToolsActivePort");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (port, ws_path) = loop {
+            if let Ok(text) = std::fs::read_to_string(&port_file) {
+                let mut lines = text.lines();
+                if let (Some(p), Some(path)) = (lines.next().and_then(|l| l.trim().parse::<u16>().ok()), lines.next()) {
+                    break (p, path.trim().to_owned());
+                }
+            }
+            assert!(Instant::now() < deadline, "chromium did not open its DevTools port");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Browser { child, port, ws_path, _profile: profile }
+    }
+
+    /// Open a new tab at `url`.
+    pub async fn open(&self, url: &str) -> Page {
+        let mut b = Cdp::connect(&format!("ws://127.0.0.1:{}{}", self.port, self.ws_path)).await;
+        let r = b.call("Target.createTarget", json!({ "url": "about:blank" })).await;
+        let target = r["targetId"].as_str().expect("targetId").to_owned();
+        let mut page = Cdp::connect(&format!("ws://127.0.0.1:{}/devtools/page/{target}", self.port)).await;
+        page.call("Page.enable", json!({})).await;
+        page.call("Runtime.enable", json!({})).await;
+        page.call("Page.navigate", json!({ "url": url })).await;
+        Page { cdp: page }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        kill_group(self.child.id(), libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A minimal Chrome DevTools Protocol client.
+pub struct Cdp {
+    ws: WsStream,
+    next: u64,
+    pub events: Vec<Value>,
+}
+
+impl Cdp {
+    pub async fn connect(url: &str) -> Cdp {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect to devtools");
+        Cdp { ws, next: 1, events: Vec::new() }
+    }
+
+    pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next;
+        self.next += 1;
+        let msg = json!({ "id": id, "method": method, "params": params }).to_string();
+        self.ws.send(Message::Text(msg.into())).await.expect("devtools send");
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(60), self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("devtools call {method} timed out"))
+                .expect("devtools closed")
+                .expect("devtools read");
+            let Message::Text(t) = m else { continue };
+            let v: Value = serde_json::from_str(t.as_str()).expect("devtools json");
+            if v["id"].as_u64() == Some(id) {
+                if let Some(e) = v.get("error") {
+                    panic!("devtools {method} failed: {e}");
+                }
+                return v["result"].clone();
+            }
+            if self.events.len() < 10_000 {
+                self.events.push(v);
+            }
+        }
+    }
+}
+
+/// One browser tab.
+pub struct Page {
+    pub cdp: Cdp,
+}
+
+/// What a viewer tile reports from `getStats()`.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TileStats {
+    pub id: String,
+    pub state: String,
+    pub frames_decoded: u64,
+    pub frame_width: u64,
+    pub frame_height: u64,
+    pub freeze_count: u64,
+    pub audio_packets: u64,
+    pub codec: String,
+}
+
+const STATS_JS: &str = r#"(async () => {
+  const out = [];
+  if (!window.campeer) return JSON.stringify(out);
+  for (const [id, cam] of window.campeer.cams) {
+    const r = await cam.pc.getStats();
+    let v = {}, a = {};
+    const codecs = new Map();
+    r.forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'video') v = s;
+      if (s.type === 'inbound-rtp' && s.kind === 'audio') a = s;
+      if (s.type === 'codec') codecs.set(s.id, s.mimeType);
+    });
+    out.push({ id, state: cam.pc.connectionState, framesDecoded: v.framesDecoded || 0,
+      frameWidth: v.frameWidth || 0, frameHeight: v.frameHeight || 0, freezeCount: v.freezeCount || 0,
+      audioPackets: a.packetsReceived || 0, codec: codecs.get(v.codecId) || '' });
+  }
+  return JSON.stringify(out);
+})()"#;
+
+impl Page {
+    /// Evaluate an expression (promises awaited) and return its value.
+    pub async fn eval(&mut self, expr: &str) -> Value {
+        let r = self
+            .cdp
+            .call("Runtime.evaluate", json!({ "expression": expr, "awaitPromise": true, "returnByValue": true }))
+            .await;
+        if let Some(ex) = r.get("exceptionDetails") {
+            panic!("page script failed: {ex}");
+        }
+        r["result"]["value"].clone()
+    }
+
+    /// Stats of every camera tile on the page.
+    pub async fn tiles(&mut self) -> Vec<TileStats> {
+        let v = self.eval(STATS_JS).await;
+        serde_json::from_str(v.as_str().unwrap_or("[]")).unwrap_or_default()
+    }
+
+    /// Wait until some tile has decoded `frames` frames; returns its stats.
+    pub async fn wait_frames(&mut self, frames: u64, timeout: Duration) -> TileStats {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = self.tiles().await;
+            if let Some(t) = last.iter().find(|t| t.frames_decoded >= frames) {
+                return t.clone();
+            }
+            if Instant::now() > deadline {
+                let page_text = self.eval("document.body ? document.body.innerText : ''").await;
+                panic!("no tile decoded {frames} frames within {timeout:?}; tiles: {last:?}; page: {page_text}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    pub async fn reload(&mut self) {
+        self.cdp.call("Page.reload", json!({ "ignoreCache": true })).await;
+    }
+
+    /// The page's visible text.
+    pub async fn text(&mut self) -> String {
+        self.eval("document.body ? document.body.innerText : ''").await.as_str().unwrap_or("").to_owned()
+    }
+}
+
+/// Start `campeer run` on the test pattern + test tone at 1280x720@30 with its embedded server
+/// on a free loopback port, and return it with the room URL it printed.
+pub fn start_camera(extra_args: &[&str], env: &[(&str, &str)]) -> (Campeer, String) {
+    let mut args = vec!["run", "--video", "test", "--audio", "test", "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra_args);
+    // Defaults first: a test's own values come later and win.
+    let mut all: Vec<(&str, &str)> =
+        vec![("CAMPEER__VIDEO__WIDTH", "1280"), ("CAMPEER__VIDEO__HEIGHT", "720"), ("CAMPEER__VIDEO__FRAMERATE", "30")];
+    all.extend_from_slice(env);
+    let env = all;
+    let mut c = Campeer::start(&args, &env);
+    let url = c.room_url();
+    (c, url)
+}
