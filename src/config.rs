@@ -88,6 +88,9 @@ pub struct CameraConfig {
     /// Local UDP addresses WebRTC binds. `0.0.0.0:0` means every interface except loopback, so
     /// loopback is listed on its own for viewers on the board itself.
     pub rtc_bind: Vec<String>,
+    /// Resolve viewers' `.local` (mDNS) host candidates with multicast DNS queries. Helps direct
+    /// LAN connections come up faster; off sends no multicast at all.
+    pub mdns: bool,
 }
 
 impl Default for CameraConfig {
@@ -102,6 +105,7 @@ impl Default for CameraConfig {
             idle_stop: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(5),
             rtc_bind: vec!["0.0.0.0:0".into(), "127.0.0.1:0".into()],
+            mdns: true,
         }
     }
 }

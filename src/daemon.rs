@@ -359,6 +359,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         ice_servers: IceProvider::from_config(&config.ice).for_peer("camera", SystemTime::now()),
         relay_only: config.ice.transport_policy == TransportPolicy::Relay,
         udp_addrs: config.camera.rtc_bind.clone(),
+        mdns: config.camera.mdns,
     };
     let (ready_tx, mut ready_rx) = watch::channel(false);
     tasks.spawn(camera::run(cam_settings, media.clone(), camera_state.clone(), ready_tx, shutdown.clone()));

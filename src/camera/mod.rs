@@ -57,6 +57,8 @@ pub struct CameraSettings {
     pub relay_only: bool,
     /// Local UDP addresses for WebRTC.
     pub udp_addrs: Vec<String>,
+    /// Resolve viewers' mDNS candidates.
+    pub mdns: bool,
 }
 
 /// Shared, read-mostly state for `/metrics`, `/healthz` and readiness.
@@ -285,6 +287,7 @@ impl Camera {
                     ice_servers: to_rtc(&ice),
                     relay_only: self.settings.relay_only,
                     udp_addrs: self.settings.udp_addrs.clone(),
+                    mdns: self.settings.mdns,
                     events: self.events_tx.clone(),
                     video: self.media.video.subscribe(),
                     audio: self.media.has_audio.then(|| self.media.audio.subscribe()),

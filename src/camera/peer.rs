@@ -29,8 +29,9 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceCandidateInit, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSessionDescription, Registry, register_default_interceptors,
+    RTCSessionDescription, Registry, SettingEngineBuilder, register_default_interceptors,
 };
+use rtc::ice::mdns::MulticastDnsMode;
 
 /// RTP payload size limit (bytes), leaving room for SRTP, extensions and TURN framing.
 const RTP_MTU: usize = 1200;
@@ -113,6 +114,8 @@ pub struct PeerSetup {
     pub relay_only: bool,
     /// Local UDP addresses to bind.
     pub udp_addrs: Vec<String>,
+    /// Resolve remote `.local` candidates with mDNS.
+    pub mdns: bool,
     /// Where events go.
     pub events: mpsc::Sender<PeerEvent>,
     /// Encoded video.
@@ -210,8 +213,11 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
         .build();
     let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
     let handler = Arc::new(Events { viewer: setup.viewer.clone(), tx: setup.events.clone(), state: state_tx });
+    let mdns_mode = if setup.mdns { MulticastDnsMode::QueryOnly } else { MulticastDnsMode::Disabled };
+    let settings = SettingEngineBuilder::new().with_multicast_dns_mode(mdns_mode).build();
     let pc = PeerConnectionBuilder::new()
         .with_configuration(config)
+        .with_setting_engine(settings)
         .with_media_engine(me)
         .with_interceptor_registry(registry)
         .with_handler(handler)

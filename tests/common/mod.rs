@@ -89,6 +89,8 @@ impl Campeer {
         cmd.args(args)
             .env("CAMPEER__SERVER__SECRET_FILE", format!("\"{}\"", dir.path().join("secret").display()))
             .env("CAMPEER__CAMERA__RTC_BIND", "[\"127.0.0.1:0\"]")
+            // Tests send nothing beyond loopback: no multicast DNS queries.
+            .env("CAMPEER__CAMERA__MDNS", "false")
             .env("CAMPEER__LOG__LEVEL", "campeer=debug,info")
             .env_remove("CAMPEER_CONFIG")
             .stdin(Stdio::null())
