@@ -147,6 +147,9 @@ pub fn resolve_auto(src: VideoSource) -> VideoSource {
 /// The head of the video pipeline: `source ! ... ! video/x-raw,format=I420,width,height,framerate`.
 pub fn video_launch(src: &VideoSource, width: u32, height: u32, fps: u32) -> String {
     let raw = format!("video/x-raw,width={width},height={height},framerate={fps}/1");
+    // Real sources keep their own rate up to the configured one: frames are dropped above it,
+    // never duplicated below it.
+    let fit = format!("videorate drop-only=true max-rate={fps} ! videoscale ! videoconvert ! video/x-raw,width={width},height={height}");
     let head = match src {
         // `auto` is resolved before building; the test pattern is its fallback.
         VideoSource::Auto | VideoSource::Test => format!(
@@ -154,14 +157,14 @@ pub fn video_launch(src: &VideoSource, width: u32, height: u32, fps: u32) -> Str
              clockoverlay time-format=\"%H:%M:%S\" halignment=right valignment=bottom font-desc=\"Sans 24\" shaded-background=true"
         ),
         VideoSource::V4l2(dev) => format!(
-            "v4l2src device=\"{}\" io-mode=mmap ! decodebin3 ! videorate drop-only=true ! videoscale ! videoconvert ! {raw}",
+            "v4l2src device=\"{}\" io-mode=mmap ! decodebin3 ! {fit}",
             dev.display()
         ),
         VideoSource::Libcamera(name) => {
             let cam = name.as_ref().map(|n| format!(" camera-name=\"{n}\"")).unwrap_or_default();
             format!("libcamerasrc{cam} ! {raw}")
         }
-        VideoSource::Pipeline(desc) => format!("{desc} ! videorate drop-only=true ! videoscale ! videoconvert ! {raw}"),
+        VideoSource::Pipeline(desc) => format!("{desc} ! {fit}"),
     };
     format!("{head} ! videoconvert ! video/x-raw,format=I420")
 }
