@@ -1,0 +1,47 @@
+//! The daemon under a service manager: READY=1 and WATCHDOG=1 over $NOTIFY_SOCKET, SIGTERM
+//! ends it cleanly (exit 0) in under 2 s, and viewers get `exit` when the camera stops.
+
+mod common;
+use common::*;
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+#[test]
+fn notifies_ready_and_watchdog_then_stops_on_sigterm_within_2s() {
+    let dir = TempDir::new("notify");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let sock_env = sock_path.display().to_string();
+    let mut cam = Campeer::start(
+        &["run", "--video", "test", "--audio", "test", "--listen", "127.0.0.1:0"],
+        &[("NOTIFY_SOCKET", &sock_env), ("WATCHDOG_USEC", "400000")],
+    );
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(got.iter().any(|m: &String| m.contains("READY=1")) && got.iter().any(|m| m.contains("WATCHDOG=1"))) {
+        assert!(Instant::now() < deadline, "notifications so far: {got:?}\n{}", cam.logs());
+        match sock.recv(&mut buf) {
+            Ok(n) => got.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e) => panic!("no notification: {e}; got {got:?}\n{}", cam.logs()),
+        }
+    }
+    // READY=1 comes only once the camera has joined its room: the page URL is printed by then.
+    cam.wait_stdout("/room/camera", Duration::from_secs(5));
+    assert!(cam.logs().contains("joined room as camera"));
+
+    let t = Instant::now();
+    cam.signal(libc::SIGTERM);
+    let status = loop {
+        if let Some(s) = cam.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "still running 5 s after SIGTERM\n{}", cam.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = t.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", cam.logs());
+    assert!(took < Duration::from_secs(2), "SIGTERM took {took:?}");
+    eprintln!("SIGTERM to exit: {took:?}");
+}
