@@ -43,6 +43,28 @@ pub enum DaemonError {
     /// Signals.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// TLS certificate or key.
+    #[error("cannot load TLS certificate {cert} / key {key}: {source}")]
+    Tls {
+        /// Certificate file.
+        cert: String,
+        /// Key file.
+        key: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Re-reads the configuration (file, environment, flags) on SIGHUP.
+pub type Reload = Box<dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync>;
+
+async fn tls_for(config: &Config) -> Result<Option<axum_server::tls_rustls::RustlsConfig>, DaemonError> {
+    let (Some(cert), Some(key)) = (&config.server.tls_cert, &config.server.tls_key) else { return Ok(None) };
+    crate::signal::server::load_tls(cert, key).await.map(Some).map_err(|source| DaemonError::Tls {
+        cert: cert.display().to_string(),
+        key: key.display().to_string(),
+        source,
+    })
 }
 
 /// Longest wait for viewers, the camera and the server to finish after SIGTERM.
@@ -99,14 +121,17 @@ async fn wait_tasks(tasks: TaskTracker) {
 }
 
 /// `campeer serve`: the standalone signaling server.
-pub async fn serve(config: Config) -> Result<(), DaemonError> {
+pub async fn serve(config: Config, reload: Reload) -> Result<(), DaemonError> {
     let key = TokenKey::new(crate::signal::load_secret(&config)?);
     announce_open_rooms(&config);
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let tls = tls_for(&config).await?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let listener = bind(&config.server.listen).await?;
     let server = SignalServer::start(
         listener,
+        tls.clone(),
         router_for(&config, key),
         conn_limits(&config),
         Arc::new(NoObserver),
@@ -114,9 +139,10 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         &tasks,
     )
     .map_err(|source| DaemonError::Listen { addr: config.server.listen.clone(), source })?;
-    println!("campeer signaling server on http://{}/ (WebSocket /ws)", server.local_addr);
+    println!("campeer signaling server on {scheme}://{}/ (WebSocket /ws)", server.local_addr);
     notify::notify("READY=1\nSTATUS=serving");
     spawn_watchdog(&tasks, shutdown.clone());
+    spawn_reload(&tasks, shutdown.clone(), reload, tls, None);
     terminate_signal().await?;
     notify::notify("STOPPING=1");
     shutdown.cancel();
@@ -278,7 +304,7 @@ fn spawn_media_supervisor(media: Arc<MediaPipeline>, tasks: &TaskTracker, shutdo
 }
 
 /// `campeer run`: the camera daemon.
-pub async fn run(config: Config) -> Result<(), DaemonError> {
+pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
     let settings = media_settings(&config)?;
     let media = {
         let s = settings.clone();
@@ -311,10 +337,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let camera_state = Arc::new(CameraState::default());
     let embedded = config.camera.signal_url.is_empty();
     let mut key = None;
+    let mut server_tls = None;
     let (signal_url, page_base) = if embedded {
         let k = TokenKey::new(crate::signal::load_secret(&config)?);
         key = Some(k.clone());
         announce_open_rooms(&config);
+        let tls = tls_for(&config).await?;
         let listener = bind(&config.server.listen).await?;
         let observer = Arc::new(CameraObserver {
             media: media.clone(),
@@ -324,6 +352,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         });
         let server = SignalServer::start(
             listener,
+            tls.clone(),
             router_for(&config, k),
             conn_limits(&config),
             observer,
@@ -337,7 +366,18 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             SocketAddr::V6(a) if a.ip().is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port())),
             other => other,
         };
-        (format!("ws://{local}/ws"), Some((addr, local)))
+        let camera_url = if tls.is_some() {
+            // The camera reaches its own server over a plain loopback port, so it needs no trust
+            // in the (often self-signed) certificate browsers see.
+            let side = bind("127.0.0.1:0").await?;
+            let side_addr = side.local_addr().map_err(|source| DaemonError::Listen { addr: "127.0.0.1:0".into(), source })?;
+            server.listen_plain(side);
+            format!("ws://{side_addr}/ws")
+        } else {
+            format!("ws://{local}/ws")
+        };
+        server_tls = tls;
+        (camera_url, Some((addr, local)))
     } else {
         (config.camera.signal_url.clone(), None)
     };
@@ -388,12 +428,58 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }
     }
     spawn_watchdog(&tasks, shutdown.clone());
+    spawn_reload(&tasks, shutdown.clone(), reload, server_tls, Some((media.clone(), config.video.bitrate_kbps)));
     signal.await?;
     notify::notify("STOPPING=1");
     shutdown.cancel();
     wait_tasks(tasks).await;
     media.stop();
     Ok(())
+}
+
+/// SIGHUP: re-read the configuration and apply what is safe while running: the TLS
+/// certificate and key (renewed certificates), and the video bitrate. Everything else needs a
+/// restart, and the log says so.
+fn spawn_reload(
+    tasks: &TaskTracker,
+    shutdown: CancellationToken,
+    reload: Reload,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    media: Option<(Arc<MediaPipeline>, u32)>,
+) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot watch SIGHUP; reload disabled");
+        return;
+    };
+    tasks.spawn(async move {
+        let mut bitrate = media.as_ref().map(|(_, b)| *b);
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {}
+                _ = shutdown.cancelled() => break,
+            }
+            let config = match reload() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: configuration not reloaded (keeping the running one)");
+                    continue;
+                }
+            };
+            if let (Some(tls), Some(cert), Some(key)) = (&tls, &config.server.tls_cert, &config.server.tls_key) {
+                match tls.reload_from_pem_file(cert, key).await {
+                    Ok(()) => tracing::info!(cert = %cert.display(), "SIGHUP: TLS certificate reloaded"),
+                    Err(e) => tracing::error!(cert = %cert.display(), error = %e, "SIGHUP: TLS certificate not reloaded"),
+                }
+            }
+            if let (Some((m, _)), Some(old)) = (&media, bitrate) {
+                if config.video.bitrate_kbps != old {
+                    m.set_bitrate(config.video.bitrate_kbps);
+                    bitrate = Some(config.video.bitrate_kbps);
+                }
+            }
+            tracing::info!("SIGHUP: configuration reloaded (bitrate and TLS apply now; other changes need a restart)");
+        }
+    });
 }
 
 fn print_ready(config: &Config, key: Option<&TokenKey>, page_base: Option<(SocketAddr, SocketAddr)>, signal_url: &str) {

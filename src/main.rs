@@ -91,11 +91,18 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Run(_) | Command::Serve(_) => {
             init_tracing(&config.log.level);
+            let cli_for_reload = Cli::parse();
+            let reload: campeer::daemon::Reload = Box::new(move || {
+                load_config(&cli_for_reload).map(|(c, _)| c).map_err(|e| campeer::config::ConfigError::Invalid {
+                    key: "(reload)".into(),
+                    message: format!("{e:#}"),
+                })
+            });
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let result = rt.block_on(async {
                 match cli.command {
-                    Command::Serve(_) => campeer::daemon::serve(config).await,
-                    _ => campeer::daemon::run(config).await,
+                    Command::Serve(_) => campeer::daemon::serve(config, reload).await,
+                    _ => campeer::daemon::run(config, reload).await,
                 }
             });
             // Do not wait for stray blocking tasks (a device stuck in a syscall).

@@ -37,7 +37,7 @@ async fn server(open: &[&str], limits: ConnLimits) -> Server {
     );
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let s = SignalServer::start(listener, router, limits, Arc::new(NoObserver), shutdown.clone(), &tasks).unwrap();
+    let s = SignalServer::start(listener, None, router, limits, Arc::new(NoObserver), shutdown.clone(), &tasks).unwrap();
     Server { url: format!("ws://{}/ws", s.local_addr), shutdown, tasks }
 }
 

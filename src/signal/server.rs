@@ -96,16 +96,27 @@ struct AppState {
 
 /// A running signaling server.
 pub struct SignalServer {
-    /// The address it listens on.
+    /// The address of the main listener.
     pub local_addr: std::net::SocketAddr,
     hub: mpsc::Sender<HubEvent>,
+    app: axum::Router,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Load a PEM certificate chain and key for https/wss (rustls on the ring provider).
+pub async fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> std::io::Result<axum_server::tls_rustls::RustlsConfig> {
+    // Installing twice is harmless; the first provider stays.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await
 }
 
 impl SignalServer {
-    /// Serve on `listener` until `shutdown` is cancelled. Every task it starts is tracked by
-    /// `tasks`, so the caller can wait for all of them after cancelling.
+    /// Serve on `listener` (TLS when `tls` is given) until `shutdown` is cancelled. Every task
+    /// it starts is tracked by `tasks`, so the caller can wait for all of them after cancelling.
     pub fn start(
         listener: tokio::net::TcpListener,
+        tls: Option<axum_server::tls_rustls::RustlsConfig>,
         router: Router,
         limits: ConnLimits,
         observer: Arc<dyn Observer>,
@@ -133,14 +144,41 @@ impl SignalServer {
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics))
             .with_state(state);
-        tasks.spawn(async move {
-            let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
-            if let Err(e) = result {
+        let server = SignalServer { local_addr, hub: hub_tx, app, shutdown, tasks: tasks.clone() };
+        tracing::info!(%local_addr, tls = tls.is_some(), "signaling server listening");
+        match tls {
+            None => server.listen_plain(listener),
+            Some(tls) => server.listen_tls(listener, tls)?,
+        }
+        Ok(server)
+    }
+
+    /// Serve the same rooms on another plain listener (the embedded camera's loopback port when
+    /// the public one is TLS).
+    pub fn listen_plain(&self, listener: tokio::net::TcpListener) {
+        let app = self.app.clone();
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await {
                 tracing::error!(error = %e, "signaling server stopped");
             }
         });
-        tracing::info!(%local_addr, "signaling server listening");
-        Ok(SignalServer { local_addr, hub: hub_tx })
+    }
+
+    fn listen_tls(&self, listener: tokio::net::TcpListener, tls: axum_server::tls_rustls::RustlsConfig) -> std::io::Result<()> {
+        let app = self.app.clone();
+        let shutdown = self.shutdown.clone();
+        let handle = axum_server::Handle::new();
+        let server = axum_server::from_tcp_rustls(listener.into_std()?, tls)?.handle(handle.clone());
+        self.tasks.spawn(async move {
+            tokio::select! {
+                r = server.serve(app.into_make_service()) => if let Err(e) = r {
+                    tracing::error!(error = %e, "TLS signaling server stopped");
+                },
+                _ = shutdown.cancelled() => handle.shutdown(),
+            }
+        });
+        Ok(())
     }
 
     /// Counts of connections, rooms and members.

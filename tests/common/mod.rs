@@ -207,6 +207,8 @@ impl Browser {
             "--autoplay-policy=no-user-gesture-required",
             "--remote-debugging-port=0",
             "--remote-allow-origins=*",
+            // Tests serve https with a self-signed certificate made on the spot.
+            "--ignore-certificate-errors",
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg("about:blank")
