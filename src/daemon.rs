@@ -401,6 +401,8 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         udp_addrs: config.camera.rtc_bind.clone(),
         mdns: config.camera.mdns,
     };
+    // Keep-alives start now: waiting for an unreachable remote server is not a hang.
+    spawn_watchdog(&tasks, shutdown.clone());
     let (ready_tx, mut ready_rx) = watch::channel(false);
     tasks.spawn(camera::run(cam_settings, media.clone(), camera_state.clone(), ready_tx, shutdown.clone()));
 
@@ -427,7 +429,6 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
             return Ok(());
         }
     }
-    spawn_watchdog(&tasks, shutdown.clone());
     spawn_reload(&tasks, shutdown.clone(), reload, server_tls, Some((media.clone(), config.video.bitrate_kbps)));
     signal.await?;
     notify::notify("STOPPING=1");

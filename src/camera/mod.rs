@@ -281,7 +281,12 @@ impl Camera {
                     return send(ws, &ClientMessage::Reject { to: from, code: "max-viewers".into(), message }).await;
                 }
                 let mut ice = self.settings.ice_servers.clone();
-                ice.extend(self.server_ice.iter().cloned());
+                // The embedded server hands back the same static entries: keep each once.
+                for s in &self.server_ice {
+                    if !ice.iter().any(|c| c.urls == s.urls && c.username == s.username) {
+                        ice.push(s.clone());
+                    }
+                }
                 let setup = PeerSetup {
                     viewer: from.clone(),
                     ice_servers: to_rtc(&ice),

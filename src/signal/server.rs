@@ -245,7 +245,7 @@ async fn hub_loop(
             e = rx.recv() => match e { Some(e) => e, None => break },
             _ = shutdown.cancelled() => break,
         };
-        let mut outbox = match event {
+        let outbox = match event {
             HubEvent::Connect { id, tx } => {
                 conns.insert(id, tx);
                 continue;
@@ -265,8 +265,10 @@ async fn hub_loop(
                 continue;
             }
         };
-        // Deliver; a full queue disconnects that peer, which may produce more messages (exit).
-        while let Some((to, msg)) = outbox.pop() {
+        // Deliver in order; a full queue disconnects that peer, which may produce more
+        // messages (its `exit`), delivered after the current batch.
+        let mut queue: std::collections::VecDeque<_> = outbox.into();
+        while let Some((to, msg)) = queue.pop_front() {
             let Some(tx) = conns.get(&to) else { continue };
             if matches!(msg, super::protocol::ServerMessage::Error { .. }) {
                 counters.errors_sent.fetch_add(1, Ordering::Relaxed);
@@ -275,9 +277,7 @@ async fn hub_loop(
                 tracing::warn!(peer = %to, "signaling peer too slow: outgoing queue full, disconnecting it");
                 counters.slow_dropped.fetch_add(1, Ordering::Relaxed);
                 conns.remove(&to);
-                let more = router.disconnect(&to);
-                // Preserve order within the new batch: pop() takes from the end.
-                outbox.splice(0..0, more.into_iter().rev());
+                queue.extend(router.disconnect(&to));
             }
         }
     }
