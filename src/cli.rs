@@ -8,7 +8,13 @@ use std::path::PathBuf;
 #[command(name = "campeer", version, about, long_about = None)]
 pub struct Cli {
     /// Config file (TOML). The default path is used only if it exists; a path given here must exist.
-    #[arg(long, short, global = true, env = "CAMPEER_CONFIG", value_name = "FILE")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "CAMPEER_CONFIG",
+        value_name = "FILE"
+    )]
     pub config: Option<PathBuf>,
     /// Log filter (overrides log.level), e.g. `debug` or `campeer=debug,webrtc=warn`.
     #[arg(long, global = true, value_name = "FILTER")]

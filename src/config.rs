@@ -157,7 +157,10 @@ pub struct AudioConfig {
 
 impl Default for AudioConfig {
     fn default() -> Self {
-        Self { source: "none".into(), bitrate_kbps: 64 }
+        Self {
+            source: "none".into(),
+            bitrate_kbps: 64,
+        }
     }
 }
 
@@ -272,14 +275,19 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: "info".into() }
+        Self {
+            level: "info".into(),
+        }
     }
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
-    humantime::parse_duration(&text)
-        .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration like \"5s\" or \"24h\": {e}")))
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration like \"5s\" or \"24h\": {e}"
+        ))
+    })
 }
 
 /// The default config file path.
@@ -299,7 +307,9 @@ impl Config {
             })?,
             None => String::new(),
         };
-        let shown = path.map(Path::to_owned).unwrap_or_else(|| PathBuf::from("<defaults>"));
+        let shown = path
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("<defaults>"));
         // Parse the file alone first, so errors carry its line and column.
         let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: shown.clone(),
@@ -318,12 +328,16 @@ impl Config {
             for (var, value) in &overrides {
                 apply_env(&mut table, var, value)?;
             }
-            config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-                ConfigError::Env {
-                    var: overrides.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", "),
+            config = toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Env {
+                    var: overrides
+                        .iter()
+                        .map(|(k, _)| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     message: e.message().to_owned(),
-                }
-            })?;
+                })?;
         }
         config.validate()?;
         Ok(config)
@@ -331,24 +345,52 @@ impl Config {
 
     /// Check values that parse but make no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, message: String| Err(ConfigError::Invalid { key: key.into(), message });
+        let bad = |key: &str, message: String| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                message,
+            })
+        };
         if !crate::signal::router::valid_room(&self.camera.room) {
-            return bad("camera.room", format!("{:?}: 1-64 characters of A-Z a-z 0-9 _ - .", self.camera.room));
+            return bad(
+                "camera.room",
+                format!(
+                    "{:?}: 1-64 characters of A-Z a-z 0-9 _ - .",
+                    self.camera.room
+                ),
+            );
         }
         if !(16..=7680).contains(&self.video.width) || self.video.width % 2 != 0 {
-            return bad("video.width", format!("{} (expected an even number 16-7680)", self.video.width));
+            return bad(
+                "video.width",
+                format!("{} (expected an even number 16-7680)", self.video.width),
+            );
         }
         if !(16..=4320).contains(&self.video.height) || self.video.height % 2 != 0 {
-            return bad("video.height", format!("{} (expected an even number 16-4320)", self.video.height));
+            return bad(
+                "video.height",
+                format!("{} (expected an even number 16-4320)", self.video.height),
+            );
         }
         if !(1..=240).contains(&self.video.framerate) {
-            return bad("video.framerate", format!("{} (expected 1-240)", self.video.framerate));
+            return bad(
+                "video.framerate",
+                format!("{} (expected 1-240)", self.video.framerate),
+            );
         }
         if !(50..=100_000).contains(&self.video.bitrate_kbps) {
-            return bad("video.bitrate-kbps", format!("{} (expected 50-100000)", self.video.bitrate_kbps));
+            return bad(
+                "video.bitrate-kbps",
+                format!("{} (expected 50-100000)", self.video.bitrate_kbps),
+            );
         }
-        if self.video.keyframe_interval < Duration::from_millis(100) || self.video.keyframe_interval > Duration::from_secs(60) {
-            return bad("video.keyframe-interval", format!("{:?} (expected 100ms-60s)", self.video.keyframe_interval));
+        if self.video.keyframe_interval < Duration::from_millis(100)
+            || self.video.keyframe_interval > Duration::from_secs(60)
+        {
+            return bad(
+                "video.keyframe-interval",
+                format!("{:?} (expected 100ms-60s)", self.video.keyframe_interval),
+            );
         }
         if let Err(e) = crate::media::source::VideoSource::parse(&self.video.source) {
             return bad("video.source", e);
@@ -357,18 +399,28 @@ impl Config {
             return bad("audio.source", e);
         }
         if !(6..=510).contains(&self.audio.bitrate_kbps) {
-            return bad("audio.bitrate-kbps", format!("{} (expected 6-510)", self.audio.bitrate_kbps));
+            return bad(
+                "audio.bitrate-kbps",
+                format!("{} (expected 6-510)", self.audio.bitrate_kbps),
+            );
         }
         if self.camera.max_viewers == 0 {
             return bad("camera.max-viewers", "0 (at least 1)".into());
         }
         if !self.camera.signal_url.is_empty()
-            && !(self.camera.signal_url.starts_with("ws://") || self.camera.signal_url.starts_with("wss://"))
+            && !(self.camera.signal_url.starts_with("ws://")
+                || self.camera.signal_url.starts_with("wss://"))
         {
-            return bad("camera.signal-url", format!("{:?} (expected ws://… or wss://…)", self.camera.signal_url));
+            return bad(
+                "camera.signal-url",
+                format!("{:?} (expected ws://… or wss://…)", self.camera.signal_url),
+            );
         }
         if self.camera.rtc_bind.is_empty() {
-            return bad("camera.rtc-bind", "empty (at least one address:port)".into());
+            return bad(
+                "camera.rtc-bind",
+                "empty (at least one address:port)".into(),
+            );
         }
         for a in &self.camera.rtc_bind {
             if a.parse::<std::net::SocketAddr>().is_err() {
@@ -376,24 +428,36 @@ impl Config {
             }
         }
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
-            return bad("server.listen", format!("{:?} is not an address:port", self.server.listen));
+            return bad(
+                "server.listen",
+                format!("{:?} is not an address:port", self.server.listen),
+            );
         }
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             return bad("server.tls-cert", "tls-cert and tls-key go together".into());
         }
         for room in &self.server.open_rooms {
             if room != "*" && !crate::signal::router::valid_room(room) {
-                return bad("server.open-rooms", format!("{room:?} is not a valid room name"));
+                return bad(
+                    "server.open-rooms",
+                    format!("{room:?} is not a valid room name"),
+                );
             }
         }
         if self.server.max_message_bytes < 1024 || self.server.max_message_bytes > 1024 * 1024 {
-            return bad("server.max-message-bytes", format!("{} (expected 1024-1048576)", self.server.max_message_bytes));
+            return bad(
+                "server.max-message-bytes",
+                format!("{} (expected 1024-1048576)", self.server.max_message_bytes),
+            );
         }
         if self.server.messages_per_second == 0 {
             return bad("server.messages-per-second", "0 (at least 1)".into());
         }
         if self.server.max_peers_per_room < 2 {
-            return bad("server.max-peers-per-room", format!("{} (at least 2)", self.server.max_peers_per_room));
+            return bad(
+                "server.max-peers-per-room",
+                format!("{} (at least 2)", self.server.max_peers_per_room),
+            );
         }
         if self.server.max_rooms == 0 {
             return bad("server.max-rooms", "0 (at least 1)".into());
@@ -408,7 +472,10 @@ impl Config {
             }
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return bad("log.level", format!("{:?} is not a log filter", self.log.level));
+            return bad(
+                "log.level",
+                format!("{:?} is not a log filter", self.log.level),
+            );
         }
         Ok(())
     }
@@ -416,7 +483,10 @@ impl Config {
 
 fn check_ice_urls(key: &str, urls: &[String]) -> Result<(), ConfigError> {
     if urls.is_empty() {
-        return Err(ConfigError::Invalid { key: key.into(), message: "no URL".into() });
+        return Err(ConfigError::Invalid {
+            key: key.into(),
+            message: "no URL".into(),
+        });
     }
     for u in urls {
         if !(u.starts_with("stun:") || u.starts_with("turn:") || u.starts_with("turns:")) {
@@ -432,7 +502,10 @@ fn check_ice_urls(key: &str, urls: &[String]) -> Result<(), ConfigError> {
 /// Apply one `CAMPEER__SECTION__KEY=value` override to the raw table. The value is read as a
 /// TOML value when it is one (`5`, `true`, `["a"]`), else as a string.
 fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
-    let err = |message: String| ConfigError::Env { var: var.to_owned(), message };
+    let err = |message: String| ConfigError::Env {
+        var: var.to_owned(),
+        message,
+    };
     let path: Vec<String> = var
         .trim_start_matches("CAMPEER__")
         .split("__")
@@ -448,8 +521,12 @@ fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), Conf
     let (last, parents) = path.split_last().ok_or_else(|| err("empty key".into()))?;
     let mut cur = table;
     for p in parents {
-        let entry = cur.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cur = entry.as_table_mut().ok_or_else(|| err(format!("`{p}` is not a section")))?;
+        let entry = cur
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| err(format!("`{p}` is not a section")))?;
     }
     cur.insert(last.clone(), parsed);
     Ok(())
@@ -460,11 +537,18 @@ mod tests {
     use super::*;
 
     fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let dir = std::env::temp_dir().join(format!("campeer-cfg-{}-{}", std::process::id(), rand::random::<u32>()));
+        let dir = std::env::temp_dir().join(format!(
+            "campeer-cfg-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
         std::fs::write(&path, text).unwrap();
-        let r = Config::load(Some(&path), env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let r = Config::load(
+            Some(&path),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        );
         let _ = std::fs::remove_dir_all(&dir);
         r
     }
@@ -474,22 +558,33 @@ mod tests {
         let c = Config::load(None, []).unwrap();
         assert_eq!(c.video.width, 1280);
         assert_eq!(c.camera.room, "camera");
-        assert!(c.server.open_rooms.is_empty(), "rooms must be protected by default");
+        assert!(
+            c.server.open_rooms.is_empty(),
+            "rooms must be protected by default"
+        );
     }
 
     #[test]
     fn unknown_key_names_key_and_line() {
-        let e = load_str("[video]\nwidth = 640\nwidht = 480\n", &[]).unwrap_err().to_string();
+        let e = load_str("[video]\nwidth = 640\nwidht = 480\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("widht") && e.contains("line 3"), "{e}");
     }
 
     #[test]
     fn bad_value_names_key() {
-        let e = load_str("[video]\nframerate = \"fast\"\n", &[]).unwrap_err().to_string();
+        let e = load_str("[video]\nframerate = \"fast\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("framerate") && e.contains("line 2"), "{e}");
-        let e = load_str("[video]\nwidth = 641\n", &[]).unwrap_err().to_string();
+        let e = load_str("[video]\nwidth = 641\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("video.width"), "{e}");
-        let e = load_str("[camera]\nidle-stop = \"soon\"\n", &[]).unwrap_err().to_string();
+        let e = load_str("[camera]\nidle-stop = \"soon\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("idle-stop") || e.contains("soon"), "{e}");
     }
 
@@ -497,13 +592,22 @@ mod tests {
     fn env_overrides_file() {
         let c = load_str(
             "[video]\nwidth = 640\n",
-            &[("CAMPEER__VIDEO__WIDTH", "320"), ("CAMPEER__CAMERA__ROOM", "shed"), ("CAMPEER__SERVER__OPEN_ROOMS", "[\"shed\"]")],
+            &[
+                ("CAMPEER__VIDEO__WIDTH", "320"),
+                ("CAMPEER__CAMERA__ROOM", "shed"),
+                ("CAMPEER__SERVER__OPEN_ROOMS", "[\"shed\"]"),
+            ],
         )
         .unwrap();
         assert_eq!(c.video.width, 320);
         assert_eq!(c.camera.room, "shed");
         assert_eq!(c.server.open_rooms, vec!["shed".to_string()]);
-        let e = load_str("", &[("CAMPEER__VIDEO__COLOUR", "red")]).unwrap_err().to_string();
-        assert!(e.contains("CAMPEER__VIDEO__COLOUR") && e.contains("colour"), "{e}");
+        let e = load_str("", &[("CAMPEER__VIDEO__COLOUR", "red")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("CAMPEER__VIDEO__COLOUR") && e.contains("colour"),
+            "{e}"
+        );
     }
 }

@@ -58,13 +58,20 @@ pub enum DaemonError {
 /// Re-reads the configuration (file, environment, flags) on SIGHUP.
 pub type Reload = Box<dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync>;
 
-async fn tls_for(config: &Config) -> Result<Option<axum_server::tls_rustls::RustlsConfig>, DaemonError> {
-    let (Some(cert), Some(key)) = (&config.server.tls_cert, &config.server.tls_key) else { return Ok(None) };
-    crate::signal::server::load_tls(cert, key).await.map(Some).map_err(|source| DaemonError::Tls {
-        cert: cert.display().to_string(),
-        key: key.display().to_string(),
-        source,
-    })
+async fn tls_for(
+    config: &Config,
+) -> Result<Option<axum_server::tls_rustls::RustlsConfig>, DaemonError> {
+    let (Some(cert), Some(key)) = (&config.server.tls_cert, &config.server.tls_key) else {
+        return Ok(None);
+    };
+    crate::signal::server::load_tls(cert, key)
+        .await
+        .map(Some)
+        .map_err(|source| DaemonError::Tls {
+            cert: cert.display().to_string(),
+            key: key.display().to_string(),
+            source,
+        })
 }
 
 /// Longest wait for viewers, the camera and the server to finish after SIGTERM.
@@ -73,8 +80,14 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 fn router_for(config: &Config, key: TokenKey) -> Router {
     let open = config.server.open_rooms.iter().cloned().collect();
     Router::new(
-        Access { key, open_rooms: open },
-        Limits { max_peers_per_room: config.server.max_peers_per_room, max_rooms: config.server.max_rooms },
+        Access {
+            key,
+            open_rooms: open,
+        },
+        Limits {
+            max_peers_per_room: config.server.max_peers_per_room,
+            max_rooms: config.server.max_rooms,
+        },
         IceProvider::from_config(&config.ice),
     )
 }
@@ -91,14 +104,21 @@ fn announce_open_rooms(config: &Config) {
     if config.server.open_rooms.is_empty() {
         tracing::info!("every room needs a token (server.open-rooms is empty)");
     } else if config.server.open_rooms.iter().any(|r| r == "*") {
-        tracing::warn!("ALL rooms are open: anyone who can reach this server can watch and publish");
+        tracing::warn!(
+            "ALL rooms are open: anyone who can reach this server can watch and publish"
+        );
     } else {
         tracing::warn!(rooms = ?config.server.open_rooms, "these rooms are open to anyone without a token");
     }
 }
 
 async fn bind(addr: &str) -> Result<tokio::net::TcpListener, DaemonError> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { addr: addr.to_owned(), source })
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            addr: addr.to_owned(),
+            source,
+        })
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.
@@ -115,7 +135,10 @@ async fn terminate_signal() -> Result<(), DaemonError> {
 
 async fn wait_tasks(tasks: TaskTracker) {
     tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("some tasks did not finish within {SHUTDOWN_GRACE:?}; exiting anyway");
     }
 }
@@ -138,8 +161,14 @@ pub async fn serve(config: Config, reload: Reload) -> Result<(), DaemonError> {
         shutdown.clone(),
         &tasks,
     )
-    .map_err(|source| DaemonError::Listen { addr: config.server.listen.clone(), source })?;
-    println!("campeer signaling server on {scheme}://{}/ (WebSocket /ws)", server.local_addr);
+    .map_err(|source| DaemonError::Listen {
+        addr: config.server.listen.clone(),
+        source,
+    })?;
+    println!(
+        "campeer signaling server on {scheme}://{}/ (WebSocket /ws)",
+        server.local_addr
+    );
     notify::notify("READY=1\nSTATUS=serving");
     spawn_watchdog(&tasks, shutdown.clone());
     spawn_reload(&tasks, shutdown.clone(), reload, tls, None);
@@ -151,7 +180,9 @@ pub async fn serve(config: Config, reload: Reload) -> Result<(), DaemonError> {
 }
 
 fn spawn_watchdog(tasks: &TaskTracker, shutdown: CancellationToken) {
-    let Some(every) = notify::watchdog_interval() else { return };
+    let Some(every) = notify::watchdog_interval() else {
+        return;
+    };
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
@@ -174,16 +205,25 @@ struct CameraObserver {
 impl Observer for CameraObserver {
     fn health(&self) -> Result<(), String> {
         let last = self.media.stats.last_frame_unix_ms.load(Ordering::Relaxed);
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         if last == 0 {
             if self.started.elapsed() > self.stall {
-                return Err(format!("no frame from the camera since start ({:?})", self.started.elapsed()));
+                return Err(format!(
+                    "no frame from the camera since start ({:?})",
+                    self.started.elapsed()
+                ));
             }
             return Ok(());
         }
         let age = Duration::from_millis(now.saturating_sub(last));
         if age > self.stall {
-            return Err(format!("no frame from the camera for {:.1} s", age.as_secs_f64()));
+            return Err(format!(
+                "no frame from the camera for {:.1} s",
+                age.as_secs_f64()
+            ));
         }
         Ok(())
     }
@@ -213,15 +253,24 @@ impl Observer for CameraObserver {
         if let Ok(viewers) = self.camera.viewers.lock() {
             out.push_str("# TYPE campeer_viewer_frames_sent_total counter\n");
             for (id, v) in viewers.iter() {
-                out.push_str(&format!("campeer_viewer_frames_sent_total{{viewer=\"{id}\"}} {}\n", v.frames_sent.load(Ordering::Relaxed)));
+                out.push_str(&format!(
+                    "campeer_viewer_frames_sent_total{{viewer=\"{id}\"}} {}\n",
+                    v.frames_sent.load(Ordering::Relaxed)
+                ));
             }
             out.push_str("# TYPE campeer_viewer_frames_skipped_total counter\n");
             for (id, v) in viewers.iter() {
-                out.push_str(&format!("campeer_viewer_frames_skipped_total{{viewer=\"{id}\"}} {}\n", v.frames_skipped.load(Ordering::Relaxed)));
+                out.push_str(&format!(
+                    "campeer_viewer_frames_skipped_total{{viewer=\"{id}\"}} {}\n",
+                    v.frames_skipped.load(Ordering::Relaxed)
+                ));
             }
             out.push_str("# TYPE campeer_viewer_pli_total counter\n");
             for (id, v) in viewers.iter() {
-                out.push_str(&format!("campeer_viewer_pli_total{{viewer=\"{id}\"}} {}\n", v.keyframe_requests.load(Ordering::Relaxed)));
+                out.push_str(&format!(
+                    "campeer_viewer_pli_total{{viewer=\"{id}\"}} {}\n",
+                    v.keyframe_requests.load(Ordering::Relaxed)
+                ));
             }
         }
         out
@@ -230,8 +279,14 @@ impl Observer for CameraObserver {
 
 fn media_settings(config: &Config) -> Result<MediaSettings, PipelineError> {
     // Both parsed by Config::validate already; a failure here is a bug reported as a build error.
-    let video = VideoSource::parse(&config.video.source).map_err(|m| PipelineError::Build { what: "video", message: m })?;
-    let audio = AudioSource::parse(&config.audio.source).map_err(|m| PipelineError::Build { what: "audio", message: m })?;
+    let video = VideoSource::parse(&config.video.source).map_err(|m| PipelineError::Build {
+        what: "video",
+        message: m,
+    })?;
+    let audio = AudioSource::parse(&config.audio.source).map_err(|m| PipelineError::Build {
+        what: "audio",
+        message: m,
+    })?;
     let fps = config.video.framerate;
     let gop = ((config.video.keyframe_interval.as_secs_f64() * fps as f64).round() as u32).max(1);
     Ok(MediaSettings {
@@ -250,12 +305,18 @@ fn media_settings(config: &Config) -> Result<MediaSettings, PipelineError> {
 }
 
 fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "campeer".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "campeer".into())
 }
 
 /// Watch the pipeline's bus: on an error (device unplugged, busy, I/O error), log it with the
 /// element that failed and restart the pipeline with backoff until it plays again.
-fn spawn_media_supervisor(media: Arc<MediaPipeline>, tasks: &TaskTracker, shutdown: CancellationToken) {
+fn spawn_media_supervisor(
+    media: Arc<MediaPipeline>,
+    tasks: &TaskTracker,
+    shutdown: CancellationToken,
+) {
     let Some(bus) = media.bus() else { return };
     tasks.spawn(async move {
         use futures_util::StreamExt;
@@ -359,18 +420,28 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
             shutdown.clone(),
             &tasks,
         )
-        .map_err(|source| DaemonError::Listen { addr: config.server.listen.clone(), source })?;
+        .map_err(|source| DaemonError::Listen {
+            addr: config.server.listen.clone(),
+            source,
+        })?;
         let addr = server.local_addr;
         let local: SocketAddr = match addr {
-            SocketAddr::V4(a) if a.ip().is_unspecified() => SocketAddr::from(([127, 0, 0, 1], a.port())),
-            SocketAddr::V6(a) if a.ip().is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port())),
+            SocketAddr::V4(a) if a.ip().is_unspecified() => {
+                SocketAddr::from(([127, 0, 0, 1], a.port()))
+            }
+            SocketAddr::V6(a) if a.ip().is_unspecified() => {
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
+            }
             other => other,
         };
         let camera_url = if tls.is_some() {
             // The camera reaches its own server over a plain loopback port, so it needs no trust
             // in the (often self-signed) certificate browsers see.
             let side = bind("127.0.0.1:0").await?;
-            let side_addr = side.local_addr().map_err(|source| DaemonError::Listen { addr: "127.0.0.1:0".into(), source })?;
+            let side_addr = side.local_addr().map_err(|source| DaemonError::Listen {
+                addr: "127.0.0.1:0".into(),
+                source,
+            })?;
             server.listen_plain(side);
             format!("ws://{side_addr}/ws")
         } else {
@@ -384,12 +455,22 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
 
     let auth = match (&key, config.camera.token.is_empty()) {
         (_, false) => CameraAuth::Token(config.camera.token.clone()),
-        (Some(k), true) if !config.server.open_rooms.iter().any(|r| r == "*" || *r == config.camera.room) => {
+        (Some(k), true)
+            if !config
+                .server
+                .open_rooms
+                .iter()
+                .any(|r| r == "*" || *r == config.camera.room) =>
+        {
             CameraAuth::Mint(k.clone())
         }
         _ => CameraAuth::None,
     };
-    let name = if config.camera.name.is_empty() { host_name() } else { config.camera.name.clone() };
+    let name = if config.camera.name.is_empty() {
+        host_name()
+    } else {
+        config.camera.name.clone()
+    };
     let cam_settings = CameraSettings {
         signal_url: signal_url.clone(),
         room: config.camera.room.clone(),
@@ -404,7 +485,13 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
     // Keep-alives start now: waiting for an unreachable remote server is not a hang.
     spawn_watchdog(&tasks, shutdown.clone());
     let (ready_tx, mut ready_rx) = watch::channel(false);
-    tasks.spawn(camera::run(cam_settings, media.clone(), camera_state.clone(), ready_tx, shutdown.clone()));
+    tasks.spawn(camera::run(
+        cam_settings,
+        media.clone(),
+        camera_state.clone(),
+        ready_tx,
+        shutdown.clone(),
+    ));
 
     // READY=1 once the pipeline plays (above) and the camera has joined its room.
     let ready = async {
@@ -429,7 +516,13 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
             return Ok(());
         }
     }
-    spawn_reload(&tasks, shutdown.clone(), reload, server_tls, Some((media.clone(), config.video.bitrate_kbps)));
+    spawn_reload(
+        &tasks,
+        shutdown.clone(),
+        reload,
+        server_tls,
+        Some((media.clone(), config.video.bitrate_kbps)),
+    );
     signal.await?;
     notify::notify("STOPPING=1");
     shutdown.cancel();
@@ -483,24 +576,51 @@ fn spawn_reload(
     });
 }
 
-fn print_ready(config: &Config, key: Option<&TokenKey>, page_base: Option<(SocketAddr, SocketAddr)>, signal_url: &str) {
+fn print_ready(
+    config: &Config,
+    key: Option<&TokenKey>,
+    page_base: Option<(SocketAddr, SocketAddr)>,
+    signal_url: &str,
+) {
     let room = &config.camera.room;
-    let open = config.server.open_rooms.iter().any(|r| r == "*" || r == room);
+    let open = config
+        .server
+        .open_rooms
+        .iter()
+        .any(|r| r == "*" || r == room);
     let Some((bound, local)) = page_base else {
         println!("campeer is streaming to room {room:?} on {signal_url}");
         return;
     };
     let query = match (open, key) {
-        (false, Some(k)) => format!("?token={}", k.sign(room, Role::Viewer, Duration::from_secs(30 * 24 * 3600), SystemTime::now())),
+        (false, Some(k)) => format!(
+            "?token={}",
+            k.sign(
+                room,
+                Role::Viewer,
+                Duration::from_secs(30 * 24 * 3600),
+                SystemTime::now()
+            )
+        ),
         _ => String::new(),
     };
-    let scheme = if config.server.tls_cert.is_some() { "https" } else { "http" };
+    let scheme = if config.server.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     println!("campeer is streaming. Open the room in a browser:");
     println!("  {scheme}://{local}/room/{room}{query}");
     if bound.ip().is_unspecified() {
-        println!("  {scheme}://{}:{}/room/{room}{query}", host_name(), bound.port());
+        println!(
+            "  {scheme}://{}:{}/room/{room}{query}",
+            host_name(),
+            bound.port()
+        );
     }
     if !open {
-        println!("(the token in the address admits viewers to room {room:?} for 30 days; `campeer token` makes more)");
+        println!(
+            "(the token in the address admits viewers to room {room:?} for 30 days; `campeer token` makes more)"
+        );
     }
 }

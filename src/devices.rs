@@ -4,8 +4,8 @@
 use crate::media::encoder::{self, ElementRegistry, GstRegistry};
 use serde::Serialize;
 use std::path::Path;
-use v4l::framesize::FrameSizeEnum;
 use v4l::frameinterval::FrameIntervalEnum;
+use v4l::framesize::FrameSizeEnum;
 use v4l::video::Capture;
 
 /// One V4L2 capture device.
@@ -86,8 +86,12 @@ fn fps_of(f: v4l::Fraction) -> Option<f64> {
 pub fn describe_camera(path: &Path) -> Option<Camera> {
     let dev = v4l::Device::with_path(path).ok()?;
     let caps = dev.query_caps().ok()?;
-    if !caps.capabilities.contains(v4l::capability::Flags::VIDEO_CAPTURE)
-        || caps.capabilities.contains(v4l::capability::Flags::VIDEO_M2M)
+    if !caps
+        .capabilities
+        .contains(v4l::capability::Flags::VIDEO_CAPTURE)
+        || caps
+            .capabilities
+            .contains(v4l::capability::Flags::VIDEO_M2M)
     {
         return None;
     }
@@ -98,7 +102,9 @@ pub fn describe_camera(path: &Path) -> Option<Camera> {
             let discrete: Vec<(u32, u32)> = match fs.size {
                 FrameSizeEnum::Discrete(d) => vec![(d.width, d.height)],
                 // Stepwise ranges (vivid, loopback): report the extremes.
-                FrameSizeEnum::Stepwise(s) => vec![(s.min_width, s.min_height), (s.max_width, s.max_height)],
+                FrameSizeEnum::Stepwise(s) => {
+                    vec![(s.min_width, s.min_height), (s.max_width, s.max_height)]
+                }
             };
             for (w, h) in discrete {
                 let mut fps: Vec<f64> = Capture::enum_frameintervals(&dev, desc.fourcc, w, h)
@@ -111,17 +117,33 @@ pub fn describe_camera(path: &Path) -> Option<Camera> {
                     .collect();
                 fps.sort_by(|a, b| b.total_cmp(a));
                 fps.dedup();
-                sizes.push(Size { width: w, height: h, fps });
+                sizes.push(Size {
+                    width: w,
+                    height: h,
+                    fps,
+                });
             }
         }
-        formats.push(Format { fourcc: desc.fourcc.to_string(), description: desc.description.clone(), sizes });
+        formats.push(Format {
+            fourcc: desc.fourcc.to_string(),
+            description: desc.description.clone(),
+            sizes,
+        });
     }
-    Some(Camera { path: path.display().to_string(), name: caps.card, driver: caps.driver, bus: caps.bus, formats })
+    Some(Camera {
+        path: path.display().to_string(),
+        name: caps.card,
+        driver: caps.driver,
+        bus: caps.bus,
+        formats,
+    })
 }
 
 /// ALSA PCMs that can capture.
 pub fn audio_devices() -> Vec<AudioDevice> {
-    let Ok(hints) = alsa::device_name::HintIter::new_str(None, "pcm") else { return vec![] };
+    let Ok(hints) = alsa::device_name::HintIter::new_str(None, "pcm") else {
+        return vec![];
+    };
     hints
         .filter(|h| h.direction.is_none_or(|d| d == alsa::Direction::Capture))
         .filter_map(|h| {
@@ -130,16 +152,26 @@ pub fn audio_devices() -> Vec<AudioDevice> {
             if !(name.starts_with("hw:") || name == "default" || name.starts_with("sysdefault:")) {
                 return None;
             }
-            Some(AudioDevice { name, description: h.desc.unwrap_or_default().replace('\n', " — ") })
+            Some(AudioDevice {
+                name,
+                description: h.desc.unwrap_or_default().replace('\n', " — "),
+            })
         })
         .collect()
 }
 
 /// The whole inventory.
 pub fn inventory() -> Inventory {
-    let cameras = crate::media::source::v4l2_device_nodes().iter().filter_map(|p| describe_camera(p)).collect();
+    let cameras = crate::media::source::v4l2_device_nodes()
+        .iter()
+        .filter_map(|p| describe_camera(p))
+        .collect();
     let have_gst = crate::media::pipeline::init().is_ok();
-    let selected = if have_gst { encoder::choose("auto", &GstRegistry).ok() } else { None };
+    let selected = if have_gst {
+        encoder::choose("auto", &GstRegistry).ok()
+    } else {
+        None
+    };
     let encoders = encoder::PRIORITY
         .iter()
         .map(|k| Encoder {
@@ -149,7 +181,11 @@ pub fn inventory() -> Inventory {
             selected: selected == Some(*k),
         })
         .collect();
-    Inventory { cameras, audio: audio_devices(), encoders }
+    Inventory {
+        cameras,
+        audio: audio_devices(),
+        encoders,
+    }
 }
 
 /// Human-readable report.
@@ -159,17 +195,34 @@ pub fn render(inv: &Inventory) -> String {
         out.push_str("  none found (the test pattern will be used)\n");
     }
     for c in &inv.cameras {
-        out.push_str(&format!("  {}  {}  [driver {}, bus {}]\n", c.path, c.name, c.driver, c.bus));
+        out.push_str(&format!(
+            "  {}  {}  [driver {}, bus {}]\n",
+            c.path, c.name, c.driver, c.bus
+        ));
         for f in &c.formats {
             let sizes: Vec<String> = f
                 .sizes
                 .iter()
                 .map(|s| {
                     let fps: Vec<String> = s.fps.iter().map(|r| format!("{r}")).collect();
-                    format!("{}x{}@{}", s.width, s.height, if fps.is_empty() { "?".into() } else { fps.join("/") })
+                    format!(
+                        "{}x{}@{}",
+                        s.width,
+                        s.height,
+                        if fps.is_empty() {
+                            "?".into()
+                        } else {
+                            fps.join("/")
+                        }
+                    )
                 })
                 .collect();
-            out.push_str(&format!("    {} ({}): {}\n", f.fourcc, f.description, sizes.join(", ")));
+            out.push_str(&format!(
+                "    {} ({}): {}\n",
+                f.fourcc,
+                f.description,
+                sizes.join(", ")
+            ));
         }
     }
     out.push_str("Audio capture (ALSA):\n");
@@ -186,7 +239,11 @@ pub fn render(inv: &Inventory) -> String {
             if e.selected { "*" } else { " " },
             e.element,
             if e.hardware { "hardware" } else { "software" },
-            if e.available { "available" } else { "not found" }
+            if e.available {
+                "available"
+            } else {
+                "not found"
+            }
         ));
     }
     out

@@ -45,12 +45,20 @@ fn toml_string(v: &str) -> String {
 }
 
 fn init_tracing(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("webrtc=warn,rtc=warn,{level}")));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("webrtc=warn,rtc=warn,{level}"))
+    });
     let tty = std::io::stderr().is_terminal();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(tty);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(tty);
     // journald adds its own timestamps; plain lines there.
-    if tty { builder.init() } else { builder.without_time().init() }
+    if tty {
+        builder.init()
+    } else {
+        builder.without_time().init()
+    }
     // webrtc-rs reports send-path errors only through `log`: route them into tracing.
     let _ = tracing_log::LogTracer::init();
 }
@@ -66,13 +74,16 @@ fn main() -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Check => {
-            let shown = path.map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into());
+            let shown = path
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "built-in defaults".into());
             println!("{shown}: configuration is valid");
             Ok(())
         }
         Command::Token { room, role, ttl } => {
             let role: Role = role.parse().map_err(anyhow::Error::msg)?;
-            let ttl: Duration = humantime::parse_duration(&ttl).with_context(|| format!("--ttl {ttl:?}"))?;
+            let ttl: Duration =
+                humantime::parse_duration(&ttl).with_context(|| format!("--ttl {ttl:?}"))?;
             if room != "*" && !campeer::signal::router::valid_room(&room) {
                 bail!("--room {room:?}: 1-64 characters of A-Z a-z 0-9 _ - .");
             }
@@ -93,12 +104,16 @@ fn main() -> anyhow::Result<()> {
             init_tracing(&config.log.level);
             let cli_for_reload = Cli::parse();
             let reload: campeer::daemon::Reload = Box::new(move || {
-                load_config(&cli_for_reload).map(|(c, _)| c).map_err(|e| campeer::config::ConfigError::Invalid {
-                    key: "(reload)".into(),
-                    message: format!("{e:#}"),
+                load_config(&cli_for_reload).map(|(c, _)| c).map_err(|e| {
+                    campeer::config::ConfigError::Invalid {
+                        key: "(reload)".into(),
+                        message: format!("{e:#}"),
+                    }
                 })
             });
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             let result = rt.block_on(async {
                 match cli.command {
                     Command::Serve(_) => campeer::daemon::serve(config, reload).await,

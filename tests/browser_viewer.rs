@@ -8,7 +8,10 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_decodes_video_and_receives_audio() {
     let (mut cam, url) = start_camera(&[], &[]);
-    assert!(url.contains("?token=v1."), "a protected room's URL carries a viewer token: {url}");
+    assert!(
+        url.contains("?token=v1."),
+        "a protected room's URL carries a viewer token: {url}"
+    );
     let browser = Browser::launch();
     let mut page = browser.open(&url).await;
     let tile = page.wait_frames(60, Duration::from_secs(30)).await;
@@ -21,11 +24,17 @@ async fn chromium_decodes_video_and_receives_audio() {
     assert_eq!(tiles.len(), 1, "one camera in the room: {tiles:?}");
     let t = &tiles[0];
     assert!(t.audio_packets > 20, "audio packets received: {t:?}");
-    assert!(t.frames_decoded >= tile.frames_decoded + 30, "video kept decoding: {tile:?} then {t:?}");
+    assert!(
+        t.frames_decoded >= tile.frames_decoded + 30,
+        "video kept decoding: {tile:?} then {t:?}"
+    );
     assert_eq!(t.freeze_count, 0, "no freeze: {t:?}");
     // The page shows what it plays.
     let text = page.text().await;
-    assert!(text.contains("1280×720"), "tile shows the live resolution: {text}");
+    assert!(
+        text.contains("1280×720"),
+        "tile shows the live resolution: {text}"
+    );
     drop(cam.wait_log("viewer connected", Duration::from_secs(5)));
 }
 
@@ -62,7 +71,11 @@ async fn a_reloaded_page_gets_video_again() {
             assert_eq!(t.frame_width, 1280);
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no video after reload: {tiles:?} (first: {first:?})\n{}", cam.logs());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no video after reload: {tiles:?} (first: {first:?})\n{}",
+            cam.logs()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // The old viewer is cleaned up: exactly one viewer remains.
@@ -73,7 +86,10 @@ async fn a_reloaded_page_gets_video_again() {
         if m.contains("campeer_viewers 1\n") {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "old viewer not cleaned up:\n{m}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "old viewer not cleaned up:\n{m}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     drop(cam.wait_log("viewer gone", Duration::from_secs(1)));
@@ -84,7 +100,9 @@ async fn reqwest_metrics(base: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let host = base.trim_start_matches("http://");
     let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
-    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();
     String::from_utf8_lossy(&buf).into_owned()

@@ -34,10 +34,17 @@ fn a_missing_config_file_is_an_error() {
 #[test]
 fn an_unknown_key_names_the_key_and_line() {
     let dir = common::TempDir::new("cli");
-    let f = write(&dir, "c.toml", "[camera]\nroom = \"yard\"\n\n[video]\nwidth = 640\nframe-rate = 30\n");
+    let f = write(
+        &dir,
+        "c.toml",
+        "[camera]\nroom = \"yard\"\n\n[video]\nwidth = 640\nframe-rate = 30\n",
+    );
     let (code, _, err) = campeer(&["check", "--config", &f], &[]);
     assert_ne!(code, 0);
-    assert!(err.contains("frame-rate") && err.contains("line 6"), "{err}");
+    assert!(
+        err.contains("frame-rate") && err.contains("line 6"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -46,7 +53,10 @@ fn a_bad_value_names_the_key_and_line() {
     let f = write(&dir, "c.toml", "[video]\nbitrate-kbps = \"lots\"\n");
     let (code, _, err) = campeer(&["check", "--config", &f], &[]);
     assert_ne!(code, 0);
-    assert!(err.contains("bitrate-kbps") && err.contains("line 2"), "{err}");
+    assert!(
+        err.contains("bitrate-kbps") && err.contains("line 2"),
+        "{err}"
+    );
     // A value of the right type but out of range names the key too.
     let f = write(&dir, "d.toml", "[video]\nframerate = 1000\n");
     let (code, _, err) = campeer(&["check", "--config", &f], &[]);
@@ -70,7 +80,10 @@ fn check_passes_every_shipped_config() {
             }
         }
     }
-    assert!(files.len() >= 4, "config/campeer.toml and three examples: {files:?}");
+    assert!(
+        files.len() >= 4,
+        "config/campeer.toml and three examples: {files:?}"
+    );
     for f in files {
         let (code, out, err) = campeer(&["check", "--config", f.to_str().unwrap()], &[]);
         assert_eq!(code, 0, "{}: {out}{err}", f.display());
@@ -82,17 +95,34 @@ fn check_passes_every_shipped_config() {
 fn token_prints_a_token_for_the_room_and_role() {
     let dir = common::TempDir::new("cli");
     let secret = dir.path().join("secret");
-    let env = [("CAMPEER__SERVER__SECRET_FILE", format!("\"{}\"", secret.display()))];
+    let env = [(
+        "CAMPEER__SERVER__SECRET_FILE",
+        format!("\"{}\"", secret.display()),
+    )];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (code, out, err) = campeer(&["token", "--room", "yard", "--role", "viewer", "--ttl", "2h"], &env);
+    let (code, out, err) = campeer(
+        &["token", "--room", "yard", "--role", "viewer", "--ttl", "2h"],
+        &env,
+    );
     assert_eq!(code, 0, "{err}");
     let token = out.trim();
-    let key = campeer::signal::token::TokenKey::new(std::fs::read_to_string(&secret).unwrap().trim().as_bytes().to_vec());
+    let key = campeer::signal::token::TokenKey::new(
+        std::fs::read_to_string(&secret)
+            .unwrap()
+            .trim()
+            .as_bytes()
+            .to_vec(),
+    );
     let now = std::time::SystemTime::now();
-    let claims = key.verify(token, "yard", campeer::signal::protocol::Role::Viewer, now).expect("valid token");
+    let claims = key
+        .verify(token, "yard", campeer::signal::protocol::Role::Viewer, now)
+        .expect("valid token");
     let secs = claims.exp - now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     assert!((7100..=7200).contains(&secs), "{secs}");
-    assert!(key.verify(token, "yard", campeer::signal::protocol::Role::Camera, now).is_err());
+    assert!(
+        key.verify(token, "yard", campeer::signal::protocol::Role::Camera, now)
+            .is_err()
+    );
     let (code, _, err) = campeer(&["token", "--room", "yard", "--role", "admin"], &env);
     assert_ne!(code, 0);
     assert!(err.contains("admin"), "{err}");
@@ -102,7 +132,14 @@ fn token_prints_a_token_for_the_room_and_role() {
 fn run_help_shows_the_flags() {
     let (code, out, _) = campeer(&["run", "--help"], &[]);
     assert_eq!(code, 0);
-    for flag in ["--room", "--listen", "--signal-url", "--video", "--audio", "--config"] {
+    for flag in [
+        "--room",
+        "--listen",
+        "--signal-url",
+        "--video",
+        "--audio",
+        "--config",
+    ] {
         assert!(out.contains(flag), "{flag} missing from:\n{out}");
     }
     let (code, out, _) = campeer(&["--version"], &[]);

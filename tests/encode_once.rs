@@ -15,13 +15,22 @@ fn settings(encoder: &str, video: VideoSource, gop: u32) -> MediaSettings {
         video,
         audio: AudioSource::None,
         encoder: encoder.into(),
-        encode: EncodeSettings { width: 640, height: 480, framerate: 30, bitrate_kbps: 1000, gop },
+        encode: EncodeSettings {
+            width: 640,
+            height: 480,
+            framerate: 30,
+            bitrate_kbps: 1000,
+            gop,
+        },
         audio_bitrate_kbps: 64,
     }
 }
 
 async fn next(rx: &mut broadcast::Receiver<Arc<EncodedFrame>>) -> Arc<EncodedFrame> {
-    tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("a frame within 5 s").expect("frame")
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("a frame within 5 s")
+        .expect("frame")
 }
 
 async fn check_bitstream(encoder: &str) {
@@ -38,7 +47,11 @@ async fn check_bitstream(encoder: &str) {
         assert!(!units.is_empty(), "access unit without NAL units");
         for sps in units.iter().filter(|n| h264::nal_type(n) == h264::NAL_SPS) {
             let prof = SpsProfile::parse(sps).expect("SPS");
-            assert!(prof.is_constrained_baseline(), "{encoder}: SPS says {:?}", prof);
+            assert!(
+                prof.is_constrained_baseline(),
+                "{encoder}: SPS says {:?}",
+                prof
+            );
         }
         match h264::idr_has_headers(&f.data) {
             Some(has) => {
@@ -90,12 +103,25 @@ async fn a_requested_keyframe_arrives_within_a_frame_or_two() {
             waited_frames += 1;
         }
         let latency = asked.elapsed();
-        eprintln!("keyframe request {round}: keyframe after {latency:?} ({waited_frames} delta frames first)");
+        eprintln!(
+            "keyframe request {round}: keyframe after {latency:?} ({waited_frames} delta frames first)"
+        );
         // One frame interval (33 ms) plus encode time, with slack for a loaded 2-core machine.
-        assert!(latency < Duration::from_millis(250), "keyframe took {latency:?}");
-        assert!(waited_frames <= 3, "{waited_frames} delta frames before the keyframe");
+        assert!(
+            latency < Duration::from_millis(250),
+            "keyframe took {latency:?}"
+        );
+        assert!(
+            waited_frames <= 3,
+            "{waited_frames} delta frames before the keyframe"
+        );
     }
-    assert!(p.stats.keyframe_requests.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+    assert!(
+        p.stats
+            .keyframe_requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 3
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,8 +134,30 @@ async fn keyframe_requests_are_throttled() {
         p.keyframes.request();
     }
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let sent = p.stats.keyframe_requests.load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(sent, 2, "20 requests in a burst become one now and one at the end of the window");
+    let sent = p
+        .stats
+        .keyframe_requests
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        sent, 2,
+        "20 requests in a burst become one now and one at the end of the window"
+    );
+    // A new viewer 300 ms after the last keyframe request is served at once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut rx = p.video.subscribe();
+    let asked = Instant::now();
+    p.keyframes.request_for_new_viewer();
+    loop {
+        let f = next(&mut rx).await;
+        if f.keyframe {
+            break;
+        }
+    }
+    assert!(
+        asked.elapsed() < Duration::from_millis(250),
+        "new viewer waited {:?} for its keyframe",
+        asked.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,11 +180,21 @@ async fn a_slow_consumer_does_not_delay_a_fast_one() {
         last = now;
         frames += 1;
         // Delivery is immediate: the frame reached us right after it left the encoder.
-        assert!(now.duration_since(f.at) < Duration::from_millis(100), "frame delivered {:?} late", now.duration_since(f.at));
+        assert!(
+            now.duration_since(f.at) < Duration::from_millis(100),
+            "frame delivered {:?} late",
+            now.duration_since(f.at)
+        );
     }
     eprintln!("fast consumer: {frames} frames in 6 s, worst gap {worst_gap:?}");
-    assert!(frames >= 150, "fast consumer got only {frames} frames in 6 s");
-    assert!(worst_gap < Duration::from_millis(250), "worst gap {worst_gap:?}");
+    assert!(
+        frames >= 150,
+        "fast consumer got only {frames} frames in 6 s"
+    );
+    assert!(
+        worst_gap < Duration::from_millis(250),
+        "worst gap {worst_gap:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,15 +210,22 @@ async fn a_pipeline_source_works() {
         }
     };
     let units = h264::nal_units(&f.data);
-    let sps = units.iter().find(|n| h264::nal_type(n) == h264::NAL_SPS).expect("SPS");
+    let sps = units
+        .iter()
+        .find(|n| h264::nal_type(n) == h264::NAL_SPS)
+        .expect("SPS");
     assert!(SpsProfile::parse(sps).unwrap().is_constrained_baseline());
 }
 
 #[test]
 fn a_broken_pipeline_source_is_a_clear_error() {
     let src = VideoSource::parse("pipeline:nosuchelement ! fakesink").unwrap();
-    let err = MediaPipeline::build(&settings("x264enc", src, 30)).err().expect("must fail");
+    let err = MediaPipeline::build(&settings("x264enc", src, 30))
+        .err()
+        .expect("must fail");
     assert!(err.to_string().contains("nosuchelement"), "{err}");
-    let err = MediaPipeline::build(&settings("nvv4l2h264enc", VideoSource::Test, 30)).err().expect("must fail");
+    let err = MediaPipeline::build(&settings("nvv4l2h264enc", VideoSource::Test, 30))
+        .err()
+        .expect("must fail");
     assert!(err.to_string().contains("nvv4l2h264enc"), "{err}");
 }

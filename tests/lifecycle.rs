@@ -11,17 +11,32 @@ fn notifies_ready_and_watchdog_then_stops_on_sigterm_within_2s() {
     let dir = TempDir::new("notify");
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let sock_env = sock_path.display().to_string();
     let mut cam = Campeer::start(
-        &["run", "--video", "test", "--audio", "test", "--listen", "127.0.0.1:0"],
+        &[
+            "run",
+            "--video",
+            "test",
+            "--audio",
+            "test",
+            "--listen",
+            "127.0.0.1:0",
+        ],
         &[("NOTIFY_SOCKET", &sock_env), ("WATCHDOG_USEC", "400000")],
     );
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !(got.iter().any(|m: &String| m.contains("READY=1")) && got.iter().any(|m| m.contains("WATCHDOG=1"))) {
-        assert!(Instant::now() < deadline, "notifications so far: {got:?}\n{}", cam.logs());
+    while !(got.iter().any(|m: &String| m.contains("READY=1"))
+        && got.iter().any(|m| m.contains("WATCHDOG=1")))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "notifications so far: {got:?}\n{}",
+            cam.logs()
+        );
         match sock.recv(&mut buf) {
             Ok(n) => got.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
             Err(e) => panic!("no notification: {e}; got {got:?}\n{}", cam.logs()),
@@ -37,7 +52,11 @@ fn notifies_ready_and_watchdog_then_stops_on_sigterm_within_2s() {
         if let Some(s) = cam.child.try_wait().unwrap() {
             break s;
         }
-        assert!(t.elapsed() < Duration::from_secs(5), "still running 5 s after SIGTERM\n{}", cam.logs());
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "still running 5 s after SIGTERM\n{}",
+            cam.logs()
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     let took = t.elapsed();

@@ -6,7 +6,11 @@ use common::*;
 use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn token(secret_env: &str, role: &str) -> String {
@@ -15,7 +19,11 @@ fn token(secret_env: &str, role: &str) -> String {
         .env("CAMPEER__SERVER__SECRET_FILE", secret_env)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
@@ -32,12 +40,27 @@ async fn the_page_recovers_when_the_signaling_server_restarts() {
     let cam_token = token(&secret, "camera");
     let signal_url = format!("ws://{listen}/ws");
     let mut cam = Campeer::start(
-        &["run", "--video", "test", "--signal-url", &signal_url, "--room", "yard"],
-        &[("CAMPEER__CAMERA__TOKEN", cam_token.as_str()), ("CAMPEER__VIDEO__WIDTH", "640"), ("CAMPEER__VIDEO__HEIGHT", "480")],
+        &[
+            "run",
+            "--video",
+            "test",
+            "--signal-url",
+            &signal_url,
+            "--room",
+            "yard",
+        ],
+        &[
+            ("CAMPEER__CAMERA__TOKEN", cam_token.as_str()),
+            ("CAMPEER__VIDEO__WIDTH", "640"),
+            ("CAMPEER__VIDEO__HEIGHT", "480"),
+        ],
     );
     cam.wait_stdout("streaming to room", Duration::from_secs(30));
 
-    let url = format!("http://{listen}/room/yard?token={}", token(&secret, "viewer"));
+    let url = format!(
+        "http://{listen}/room/yard?token={}",
+        token(&secret, "viewer")
+    );
     let browser = Browser::launch();
     let mut page = browser.open(&url).await;
     let first = page.wait_frames(30, Duration::from_secs(30)).await;
@@ -54,16 +77,35 @@ async fn the_page_recovers_when_the_signaling_server_restarts() {
     let deadline = Instant::now() + Duration::from_secs(40);
     let recovered = loop {
         let tiles = page.tiles().await;
-        if let Some(t) = tiles.iter().find(|t| t.id != first.id && t.frames_decoded >= 30) {
+        if let Some(t) = tiles
+            .iter()
+            .find(|t| t.id != first.id && t.frames_decoded >= 30)
+        {
             break t.clone();
         }
-        assert!(Instant::now() < deadline, "no video after the restart: {tiles:?}\n{}\n{}", cam.logs(), server.logs());
+        assert!(
+            Instant::now() < deadline,
+            "no video after the restart: {tiles:?}\n{}\n{}",
+            cam.logs(),
+            server.logs()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    eprintln!("video again {:?} after the server came back", restarted.elapsed());
+    eprintln!(
+        "video again {:?} after the server came back",
+        restarted.elapsed()
+    );
     assert_eq!(recovered.frame_width, 640);
-    assert_eq!(page.eval("window.__no_reload_marker").await, 42, "the page was not reloaded");
-    assert!(cam.logs().contains("signaling connection lost"), "{}", cam.logs());
+    assert_eq!(
+        page.eval("window.__no_reload_marker").await,
+        42,
+        "the page was not reloaded"
+    );
+    assert!(
+        cam.logs().contains("signaling connection lost"),
+        "{}",
+        cam.logs()
+    );
     // The stale tile from before the restart is gone once the new call plays.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -78,9 +120,17 @@ async fn the_page_recovers_when_the_signaling_server_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_room_page_reaches_the_room_on_a_standalone_server() {
-    let mut server = Campeer::start(&["serve", "--listen", "127.0.0.1:0"], &[("CAMPEER__SERVER__OPEN_ROOMS", "[\"lobby\"]")]);
+    let mut server = Campeer::start(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("CAMPEER__SERVER__OPEN_ROOMS", "[\"lobby\"]")],
+    );
     let line = server.wait_stdout("signaling server on", Duration::from_secs(20));
-    let base = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().trim_end_matches('/').to_owned();
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
     let browser = Browser::launch();
     let mut page = browser.open(&format!("{base}/room/lobby")).await;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -89,7 +139,10 @@ async fn the_room_page_reaches_the_room_on_a_standalone_server() {
         if text.contains("in room") && text.contains("Waiting for a camera") {
             break;
         }
-        assert!(Instant::now() < deadline, "page never reached the room: {text}");
+        assert!(
+            Instant::now() < deadline,
+            "page never reached the room: {text}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let id = page.eval("window.campeer.myId").await;

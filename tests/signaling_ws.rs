@@ -31,21 +31,45 @@ impl Drop for Server {
 async fn server(open: &[&str], limits: ConnLimits) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let router = Router::new(
-        Access { key: TokenKey::new(SECRET.to_vec()), open_rooms: open.iter().map(|s| s.to_string()).collect() },
-        Limits { max_peers_per_room: 8, max_rooms: 16 },
+        Access {
+            key: TokenKey::new(SECRET.to_vec()),
+            open_rooms: open.iter().map(|s| s.to_string()).collect(),
+        },
+        Limits {
+            max_peers_per_room: 8,
+            max_rooms: 16,
+        },
         IceProvider::default(),
     );
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let s = SignalServer::start(listener, None, router, limits, Arc::new(NoObserver), shutdown.clone(), &tasks).unwrap();
-    Server { url: format!("ws://{}/ws", s.local_addr), shutdown, tasks }
+    let s = SignalServer::start(
+        listener,
+        None,
+        router,
+        limits,
+        Arc::new(NoObserver),
+        shutdown.clone(),
+        &tasks,
+    )
+    .unwrap();
+    Server {
+        url: format!("ws://{}/ws", s.local_addr),
+        shutdown,
+        tasks,
+    }
 }
 
 fn limits() -> ConnLimits {
-    ConnLimits { max_message_bytes: 16 * 1024, messages_per_second: 200, idle_timeout: Duration::from_secs(30) }
+    ConnLimits {
+        max_message_bytes: 16 * 1024,
+        messages_per_second: 200,
+        idle_timeout: Duration::from_secs(30),
+    }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 struct Client {
     ws: Ws,
@@ -54,12 +78,20 @@ struct Client {
 
 impl Client {
     async fn connect(url: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
-        Client { ws, id: String::new() }
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect");
+        Client {
+            ws,
+            id: String::new(),
+        }
     }
 
     async fn send(&mut self, v: Value) {
-        self.ws.send(Message::Text(v.to_string().into())).await.expect("send");
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .expect("send");
     }
 
     async fn send_raw(&mut self, m: Message) {
@@ -81,7 +113,9 @@ impl Client {
 
     /// Expect nothing for a short while.
     async fn quiet(&mut self) {
-        if let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(Duration::from_millis(200), self.ws.next()).await {
+        if let Ok(Some(Ok(Message::Text(t)))) =
+            tokio::time::timeout(Duration::from_millis(200), self.ws.next()).await
+        {
             panic!("unexpected message: {t}");
         }
     }
@@ -99,39 +133,86 @@ impl Client {
 fn token(room: &str, role: Role, ttl_secs: i64) -> String {
     let key = TokenKey::new(SECRET.to_vec());
     if ttl_secs >= 0 {
-        key.sign(room, role, Duration::from_secs(ttl_secs as u64), SystemTime::now())
+        key.sign(
+            room,
+            role,
+            Duration::from_secs(ttl_secs as u64),
+            SystemTime::now(),
+        )
     } else {
-        key.sign(room, role, Duration::ZERO, SystemTime::now() - Duration::from_secs((-ttl_secs) as u64))
+        key.sign(
+            room,
+            role,
+            Duration::ZERO,
+            SystemTime::now() - Duration::from_secs((-ttl_secs) as u64),
+        )
     }
 }
 
 #[tokio::test]
 async fn camera_and_two_viewers_relay() {
     let s = server(&[], limits()).await;
-    let (mut cam, created) = Client::join(&s.url, "yard", "camera", Some(token("yard", Role::Camera, 60))).await;
+    let (mut cam, created) = Client::join(
+        &s.url,
+        "yard",
+        "camera",
+        Some(token("yard", Role::Camera, 60)),
+    )
+    .await;
     assert_eq!(created["protocol"], 1);
     assert_eq!(created["peers"], json!([]));
-    let (mut v1, created) = Client::join(&s.url, "yard", "viewer", Some(token("yard", Role::Viewer, 60))).await;
+    let (mut v1, created) = Client::join(
+        &s.url,
+        "yard",
+        "viewer",
+        Some(token("yard", Role::Viewer, 60)),
+    )
+    .await;
     assert_eq!(created["peers"][0]["id"], cam.id.as_str());
     assert_eq!(created["peers"][0]["role"], "camera");
     let joined = cam.recv().await;
-    assert_eq!(joined, json!({"type": "joined", "id": v1.id, "room": "yard", "role": "viewer", "name": "viewer-x"}));
-    let (mut v2, created) = Client::join(&s.url, "yard", "viewer", Some(token("yard", Role::Viewer, 60))).await;
+    assert_eq!(
+        joined,
+        json!({"type": "joined", "id": v1.id, "room": "yard", "role": "viewer", "name": "viewer-x"})
+    );
+    let (mut v2, created) = Client::join(
+        &s.url,
+        "yard",
+        "viewer",
+        Some(token("yard", Role::Viewer, 60)),
+    )
+    .await;
     assert_eq!(created["peers"].as_array().unwrap().len(), 2);
     assert_eq!(cam.recv().await["id"], v2.id.as_str());
     assert_eq!(v1.recv().await["id"], v2.id.as_str());
 
     for v in [&mut v1, &mut v2] {
-        v.send(json!({"type": "offer", "to": cam.id, "sdp": format!("offer-from-{}", v.id)})).await;
+        v.send(json!({"type": "offer", "to": cam.id, "sdp": format!("offer-from-{}", v.id)}))
+            .await;
         let offer = cam.recv().await;
-        assert_eq!(offer, json!({"type": "offer", "from": v.id, "sdp": format!("offer-from-{}", v.id)}));
-        cam.send(json!({"type": "answer", "to": v.id, "sdp": "answer"})).await;
-        assert_eq!(v.recv().await, json!({"type": "answer", "from": cam.id, "sdp": "answer"}));
+        assert_eq!(
+            offer,
+            json!({"type": "offer", "from": v.id, "sdp": format!("offer-from-{}", v.id)})
+        );
+        cam.send(json!({"type": "answer", "to": v.id, "sdp": "answer"}))
+            .await;
+        assert_eq!(
+            v.recv().await,
+            json!({"type": "answer", "from": cam.id, "sdp": "answer"})
+        );
         let cand = json!({"candidate": "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host", "sdpMid": "0", "sdpMLineIndex": 0});
-        cam.send(json!({"type": "candidate", "to": v.id, "candidate": cand})).await;
-        assert_eq!(v.recv().await, json!({"type": "candidate", "from": cam.id, "candidate": cand}));
-        v.send(json!({"type": "candidate", "to": cam.id, "candidate": null})).await;
-        assert_eq!(cam.recv().await, json!({"type": "candidate", "from": v.id, "candidate": null}));
+        cam.send(json!({"type": "candidate", "to": v.id, "candidate": cand}))
+            .await;
+        assert_eq!(
+            v.recv().await,
+            json!({"type": "candidate", "from": cam.id, "candidate": cand})
+        );
+        v.send(json!({"type": "candidate", "to": cam.id, "candidate": null}))
+            .await;
+        assert_eq!(
+            cam.recv().await,
+            json!({"type": "candidate", "from": v.id, "candidate": null})
+        );
     }
     // Viewers never see each other's relays.
     v1.quiet().await;
@@ -139,8 +220,14 @@ async fn camera_and_two_viewers_relay() {
 
     // A clean exit reaches the others.
     v1.send(json!({"type": "exit"})).await;
-    assert_eq!(cam.recv().await, json!({"type": "exit", "from": v1.id, "room": "yard"}));
-    assert_eq!(v2.recv().await, json!({"type": "exit", "from": v1.id, "room": "yard"}));
+    assert_eq!(
+        cam.recv().await,
+        json!({"type": "exit", "from": v1.id, "room": "yard"})
+    );
+    assert_eq!(
+        v2.recv().await,
+        json!({"type": "exit", "from": v1.id, "room": "yard"})
+    );
     drop(s.tasks.clone());
 }
 
@@ -153,16 +240,37 @@ async fn abrupt_disconnect_sends_exit() {
     let vid = v.id.clone();
     // Drop the TCP connection without a close frame.
     drop(v.ws.into_inner());
-    assert_eq!(cam.recv().await, json!({"type": "exit", "from": vid, "room": "r"}));
+    assert_eq!(
+        cam.recv().await,
+        json!({"type": "exit", "from": vid, "room": "r"})
+    );
 }
 
 #[tokio::test]
 async fn every_bad_input_gets_its_error_and_the_room_keeps_working() {
     let s = server(&[], limits()).await;
-    let (mut cam, _) = Client::join(&s.url, "lab", "camera", Some(token("lab", Role::Camera, 60))).await;
-    let (mut good, _) = Client::join(&s.url, "lab", "viewer", Some(token("lab", Role::Viewer, 60))).await;
+    let (mut cam, _) = Client::join(
+        &s.url,
+        "lab",
+        "camera",
+        Some(token("lab", Role::Camera, 60)),
+    )
+    .await;
+    let (mut good, _) = Client::join(
+        &s.url,
+        "lab",
+        "viewer",
+        Some(token("lab", Role::Viewer, 60)),
+    )
+    .await;
     assert_eq!(cam.recv().await["type"], "joined");
-    let (mut bad, _) = Client::join(&s.url, "lab", "viewer", Some(token("lab", Role::Viewer, 60))).await;
+    let (mut bad, _) = Client::join(
+        &s.url,
+        "lab",
+        "viewer",
+        Some(token("lab", Role::Viewer, 60)),
+    )
+    .await;
     assert_eq!(cam.recv().await["type"], "joined");
     assert_eq!(good.recv().await["type"], "joined");
 
@@ -175,21 +283,67 @@ async fn every_bad_input_gets_its_error_and_the_room_keeps_working() {
         (Message::Text("{oops".into()), "bad-json"),
         (Message::Text("[]".into()), "bad-json"),
         (Message::Binary(vec![1, 2, 3].into()), "bad-json"),
-        (Message::Text(json!({"type": "teleport"}).to_string().into()), "unknown-type"),
-        (Message::Text(json!({"type": "offer", "to": cam.id}).to_string().into()), "bad-message"),
-        (Message::Text(json!({"type": "offer", "to": cam.id, "sdp": "x", "from": "someone-else"}).to_string().into()), "bad-message"),
-        (Message::Text(json!({"type": "offer", "to": "nobody", "sdp": "x"}).to_string().into()), "unknown-peer"),
-        (Message::Text(json!({"type": "offer", "to": good.id, "sdp": "x"}).to_string().into()), "not-allowed"),
-        (Message::Text(json!({"type": "join", "room": "lab", "role": "viewer"}).to_string().into()), "already-joined"),
-        (Message::Text(json!({"type": "offer", "to": cam.id, "sdp": "x".repeat(20 * 1024)}).to_string().into()), "too-large"),
+        (
+            Message::Text(json!({"type": "teleport"}).to_string().into()),
+            "unknown-type",
+        ),
+        (
+            Message::Text(json!({"type": "offer", "to": cam.id}).to_string().into()),
+            "bad-message",
+        ),
+        (
+            Message::Text(
+                json!({"type": "offer", "to": cam.id, "sdp": "x", "from": "someone-else"})
+                    .to_string()
+                    .into(),
+            ),
+            "bad-message",
+        ),
+        (
+            Message::Text(
+                json!({"type": "offer", "to": "nobody", "sdp": "x"})
+                    .to_string()
+                    .into(),
+            ),
+            "unknown-peer",
+        ),
+        (
+            Message::Text(
+                json!({"type": "offer", "to": good.id, "sdp": "x"})
+                    .to_string()
+                    .into(),
+            ),
+            "not-allowed",
+        ),
+        (
+            Message::Text(
+                json!({"type": "join", "room": "lab", "role": "viewer"})
+                    .to_string()
+                    .into(),
+            ),
+            "already-joined",
+        ),
+        (
+            Message::Text(
+                json!({"type": "offer", "to": cam.id, "sdp": "x".repeat(20 * 1024)})
+                    .to_string()
+                    .into(),
+            ),
+            "too-large",
+        ),
     ];
     for (msg, code) in cases {
         bad.send_raw(msg).await;
         expect_code(&bad.recv().await, code);
         // Meanwhile the good viewer's relays still flow both ways.
-        good.send(json!({"type": "offer", "to": cam.id, "sdp": code})).await;
-        assert_eq!(cam.recv().await, json!({"type": "offer", "from": good.id, "sdp": code}));
-        cam.send(json!({"type": "answer", "to": good.id, "sdp": code})).await;
+        good.send(json!({"type": "offer", "to": cam.id, "sdp": code}))
+            .await;
+        assert_eq!(
+            cam.recv().await,
+            json!({"type": "offer", "from": good.id, "sdp": code})
+        );
+        cam.send(json!({"type": "answer", "to": good.id, "sdp": code}))
+            .await;
         assert_eq!(good.recv().await["sdp"], code);
     }
 
@@ -198,25 +352,43 @@ async fn every_bad_input_gets_its_error_and_the_room_keeps_working() {
         (None, "viewer", "token-required"),
         (Some("v1.garbage.sig".to_owned()), "viewer", "bad-token"),
         (Some(token("lab", Role::Viewer, 60)), "camera", "bad-token"),
-        (Some(token("other", Role::Viewer, 60)), "viewer", "bad-token"),
-        (Some(token("lab", Role::Viewer, -10)), "viewer", "token-expired"),
+        (
+            Some(token("other", Role::Viewer, 60)),
+            "viewer",
+            "bad-token",
+        ),
+        (
+            Some(token("lab", Role::Viewer, -10)),
+            "viewer",
+            "token-expired",
+        ),
     ] {
         let mut c = Client::connect(&s.url).await;
-        c.send(json!({"type": "join", "room": "lab", "role": role, "token": tok})).await;
+        c.send(json!({"type": "join", "room": "lab", "role": role, "token": tok}))
+            .await;
         expect_code(&c.recv().await, code);
         // Not admitted: relays are refused.
-        c.send(json!({"type": "offer", "to": cam.id, "sdp": "x"})).await;
+        c.send(json!({"type": "offer", "to": cam.id, "sdp": "x"}))
+            .await;
         expect_code(&c.recv().await, "not-joined");
     }
     let mut c = Client::connect(&s.url).await;
-    c.send(json!({"type": "join", "room": "no/slashes", "role": "viewer"})).await;
+    c.send(json!({"type": "join", "room": "no/slashes", "role": "viewer"}))
+        .await;
     expect_code(&c.recv().await, "bad-room");
     cam.quiet().await;
 }
 
 #[tokio::test]
 async fn flooding_is_rate_limited_without_hurting_others() {
-    let s = server(&["r"], ConnLimits { messages_per_second: 20, ..limits() }).await;
+    let s = server(
+        &["r"],
+        ConnLimits {
+            messages_per_second: 20,
+            ..limits()
+        },
+    )
+    .await;
     let (mut cam, _) = Client::join(&s.url, "r", "camera", None).await;
     let (mut flood, _) = Client::join(&s.url, "r", "viewer", None).await;
     assert_eq!(cam.recv().await["type"], "joined");
@@ -232,23 +404,39 @@ async fn flooding_is_rate_limited_without_hurting_others() {
             _ => break,
         }
     }
-    while let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(Duration::from_millis(300), flood.ws.next()).await {
+    while let Ok(Some(Ok(Message::Text(t)))) =
+        tokio::time::timeout(Duration::from_millis(300), flood.ws.next()).await
+    {
         let v: Value = serde_json::from_str(t.as_str()).unwrap();
         assert_eq!(v["code"], "rate-limited", "{v}");
         limited += 1;
     }
     assert!((40..=60).contains(&relayed), "relayed {relayed}");
-    assert_eq!(relayed + limited, 100, "relayed {relayed} limited {limited}");
+    assert_eq!(
+        relayed + limited,
+        100,
+        "relayed {relayed} limited {limited}"
+    );
     // Another peer is unaffected.
     let (mut other, _) = Client::join(&s.url, "r", "viewer", None).await;
     assert_eq!(cam.recv().await["type"], "joined");
-    other.send(json!({"type": "offer", "to": cam.id, "sdp": "hi"})).await;
+    other
+        .send(json!({"type": "offer", "to": cam.id, "sdp": "hi"}))
+        .await;
     assert_eq!(cam.recv().await["sdp"], "hi");
 }
 
 #[tokio::test]
 async fn a_slow_client_is_dropped_and_never_stalls_the_room() {
-    let s = server(&["r"], ConnLimits { messages_per_second: 100_000, max_message_bytes: 64 * 1024, ..limits() }).await;
+    let s = server(
+        &["r"],
+        ConnLimits {
+            messages_per_second: 100_000,
+            max_message_bytes: 64 * 1024,
+            ..limits()
+        },
+    )
+    .await;
     let (mut cam, _) = Client::join(&s.url, "r", "camera", None).await;
     let (slow, _) = Client::join(&s.url, "r", "viewer", None).await;
     assert_eq!(cam.recv().await["type"], "joined");
@@ -260,10 +448,12 @@ async fn a_slow_client_is_dropped_and_never_stalls_the_room() {
     let started = std::time::Instant::now();
     let mut exit_seen = false;
     for i in 0..400 {
-        cam.send(json!({"type": "candidate", "to": slow_id, "candidate": {"candidate": big}})).await;
+        cam.send(json!({"type": "candidate", "to": slow_id, "candidate": {"candidate": big}}))
+            .await;
         if i % 20 == 0 {
             // The fast viewer's relays keep flowing promptly throughout.
-            fast.send(json!({"type": "offer", "to": cam.id, "sdp": format!("ping{i}")})).await;
+            fast.send(json!({"type": "offer", "to": cam.id, "sdp": format!("ping{i}")}))
+                .await;
             loop {
                 let m = cam.recv().await;
                 if m["type"] == "exit" && m["from"] == slow_id.as_str() {
@@ -278,13 +468,21 @@ async fn a_slow_client_is_dropped_and_never_stalls_the_room() {
             }
         }
     }
-    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
     while !exit_seen {
         let m = cam.recv().await;
         if m["type"] == "error" && m["code"] == "unknown-peer" {
             continue;
         }
-        assert_eq!(m, json!({"type": "exit", "from": slow_id, "room": "r"}), "the slow viewer is disconnected");
+        assert_eq!(
+            m,
+            json!({"type": "exit", "from": slow_id, "room": "r"}),
+            "the slow viewer is disconnected"
+        );
         exit_seen = true;
     }
     drop(slow);

@@ -8,20 +8,30 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_watches_over_https_and_wss() {
     let dir = TempDir::new("tls");
-    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).expect("self-signed cert");
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("self-signed cert");
     let cert_path = dir.path().join("cert.pem");
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
     let c = format!("\"{}\"", cert_path.display());
     let k = format!("\"{}\"", key_path.display());
-    let (mut cam, url) = start_camera(&[], &[("CAMPEER__SERVER__TLS_CERT", &c), ("CAMPEER__SERVER__TLS_KEY", &k)]);
+    let (mut cam, url) = start_camera(
+        &[],
+        &[
+            ("CAMPEER__SERVER__TLS_CERT", &c),
+            ("CAMPEER__SERVER__TLS_KEY", &k),
+        ],
+    );
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
     let browser = Browser::launch();
     let mut page = browser.open(&url).await;
     let tile = page.wait_frames(30, Duration::from_secs(30)).await;
     assert_eq!(tile.frame_width, 1280, "{tile:?}");
-    let scheme = page.eval("location.protocol + ' ' + window.campeer.ws.url").await;
+    let scheme = page
+        .eval("location.protocol + ' ' + window.campeer.ws.url")
+        .await;
     let scheme = scheme.as_str().unwrap_or_default();
     assert!(scheme.starts_with("https: wss://127.0.0.1:"), "{scheme}");
     drop(cam.wait_log("viewer connected", Duration::from_secs(2)));
@@ -31,17 +41,28 @@ async fn chromium_watches_over_https_and_wss() {
 fn a_missing_certificate_is_a_clear_start_up_error() {
     let mut cam = Campeer::start(
         &["run", "--video", "test", "--listen", "127.0.0.1:0"],
-        &[("CAMPEER__SERVER__TLS_CERT", "\"/nonexistent/cert.pem\""), ("CAMPEER__SERVER__TLS_KEY", "\"/nonexistent/key.pem\"")],
+        &[
+            ("CAMPEER__SERVER__TLS_CERT", "\"/nonexistent/cert.pem\""),
+            ("CAMPEER__SERVER__TLS_KEY", "\"/nonexistent/key.pem\""),
+        ],
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(s) = cam.child.try_wait().unwrap() {
             break s;
         }
-        assert!(std::time::Instant::now() < deadline, "still running\n{}", cam.logs());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running\n{}",
+            cam.logs()
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(!status.success());
     std::thread::sleep(Duration::from_millis(200));
-    assert!(cam.logs().contains("/nonexistent/cert.pem"), "{}", cam.logs());
+    assert!(
+        cam.logs().contains("/nonexistent/cert.pem"),
+        "{}",
+        cam.logs()
+    );
 }

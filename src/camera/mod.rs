@@ -95,12 +95,15 @@ fn to_rtc(servers: &[IceServer]) -> Vec<RTCIceServer> {
 
 /// Backoff for attempt `n` (0-based): 0.5 s doubling, capped at [`MAX_BACKOFF`], ±25 % jitter.
 pub fn backoff(n: u32) -> Duration {
-    let base = Duration::from_millis(500).saturating_mul(1 << n.min(5)).min(MAX_BACKOFF);
+    let base = Duration::from_millis(500)
+        .saturating_mul(1 << n.min(5))
+        .min(MAX_BACKOFF);
     let jitter = 0.75 + rand::random::<f64>() * 0.5;
     base.mul_f64(jitter).min(MAX_BACKOFF)
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 struct Camera {
     settings: CameraSettings,
@@ -133,7 +136,10 @@ pub async fn run(
     let mut attempt = 0u32;
     'outer: loop {
         let url = cam.settings.signal_url.clone();
-        let connect = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(url.as_str()));
+        let connect = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(url.as_str()),
+        );
         let ws = tokio::select! {
             r = connect => r,
             _ = shutdown.cancelled() => break 'outer,
@@ -157,9 +163,12 @@ pub async fn run(
         let token = match &cam.settings.auth {
             CameraAuth::None => None,
             CameraAuth::Token(t) => Some(t.clone()),
-            CameraAuth::Mint(key) => {
-                Some(key.sign(&cam.settings.room, Role::Camera, Duration::from_secs(24 * 3600), SystemTime::now()))
-            }
+            CameraAuth::Mint(key) => Some(key.sign(
+                &cam.settings.room,
+                Role::Camera,
+                Duration::from_secs(24 * 3600),
+                SystemTime::now(),
+            )),
         };
         let join = ClientMessage::Join {
             room: cam.settings.room.clone(),
@@ -234,7 +243,10 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), cam.tasks.wait()).await;
 }
 
-async fn send(ws: &mut Ws, msg: &ClientMessage) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+async fn send(
+    ws: &mut Ws,
+    msg: &ClientMessage,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     // ClientMessage holds only strings and options; serialization cannot fail.
     let text = serde_json::to_string(msg).unwrap_or_default();
     ws.send(Message::Text(text.into())).await
@@ -255,9 +267,19 @@ impl Camera {
         }
     }
 
-    async fn on_signal(&mut self, ws: &mut Ws, msg: ServerMessage) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    async fn on_signal(
+        &mut self,
+        ws: &mut Ws,
+        msg: ServerMessage,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
         match msg {
-            ServerMessage::Created { id, room, peers, ice_servers, .. } => {
+            ServerMessage::Created {
+                id,
+                room,
+                peers,
+                ice_servers,
+                ..
+            } => {
                 self.state.joined.store(true, Ordering::Relaxed);
                 self.server_ice = ice_servers;
                 let viewers = peers.iter().filter(|p| p.role == Role::Viewer).count();
@@ -269,21 +291,46 @@ impl Camera {
             ServerMessage::Offer { from, sdp } => {
                 if let Some(existing) = self.peers.get(&from) {
                     match peer::reoffer(existing, sdp).await {
-                        Ok(answer) => send(ws, &ClientMessage::Answer { to: from, sdp: answer }).await?,
-                        Err(e) => tracing::warn!(viewer = %from, error = %e, "renegotiation failed"),
+                        Ok(answer) => {
+                            send(
+                                ws,
+                                &ClientMessage::Answer {
+                                    to: from,
+                                    sdp: answer,
+                                },
+                            )
+                            .await?
+                        }
+                        Err(e) => {
+                            tracing::warn!(viewer = %from, error = %e, "renegotiation failed")
+                        }
                     }
                     return Ok(());
                 }
                 if self.peers.len() >= self.settings.max_viewers {
                     self.state.viewers_refused.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(viewer = %from, max = self.settings.max_viewers, "viewer refused: camera at its viewer limit");
-                    let message = format!("this camera serves at most {} viewers at once; try again later", self.settings.max_viewers);
-                    return send(ws, &ClientMessage::Reject { to: from, code: "max-viewers".into(), message }).await;
+                    let message = format!(
+                        "this camera serves at most {} viewers at once; try again later",
+                        self.settings.max_viewers
+                    );
+                    return send(
+                        ws,
+                        &ClientMessage::Reject {
+                            to: from,
+                            code: "max-viewers".into(),
+                            message,
+                        },
+                    )
+                    .await;
                 }
                 let mut ice = self.settings.ice_servers.clone();
                 // The embedded server hands back the same static entries: keep each once.
                 for s in &self.server_ice {
-                    if !ice.iter().any(|c| c.urls == s.urls && c.username == s.username) {
+                    if !ice
+                        .iter()
+                        .any(|c| c.urls == s.urls && c.username == s.username)
+                    {
                         ice.push(s.clone());
                     }
                 }
@@ -305,18 +352,41 @@ impl Camera {
                         }
                         self.peers.insert(from.clone(), p);
                         tracing::info!(viewer = %from, viewers = self.peers.len(), "viewer connecting");
-                        send(ws, &ClientMessage::Answer { to: from, sdp: answer }).await?;
+                        send(
+                            ws,
+                            &ClientMessage::Answer {
+                                to: from,
+                                sdp: answer,
+                            },
+                        )
+                        .await?;
                     }
                     Err(peer::PeerError::NoH264) => {
                         let codecs = offered_codecs(&sdp);
                         tracing::warn!(viewer = %from, offered = %codecs, "viewer cannot decode H.264; refused");
                         let message = "this browser cannot decode H.264 video; try Chrome, Safari, or Firefox with the OpenH264 plugin".to_owned();
-                        send(ws, &ClientMessage::Reject { to: from, code: "no-h264".into(), message }).await?;
+                        send(
+                            ws,
+                            &ClientMessage::Reject {
+                                to: from,
+                                code: "no-h264".into(),
+                                message,
+                            },
+                        )
+                        .await?;
                     }
                     Err(e) => {
                         tracing::warn!(viewer = %from, error = %e, "cannot answer viewer's offer");
                         let message = format!("the camera could not answer: {e}");
-                        send(ws, &ClientMessage::Reject { to: from, code: "answer-failed".into(), message }).await?;
+                        send(
+                            ws,
+                            &ClientMessage::Reject {
+                                to: from,
+                                code: "answer-failed".into(),
+                                message,
+                            },
+                        )
+                        .await?;
                     }
                 }
             }
@@ -331,18 +401,33 @@ impl Camera {
             ServerMessage::Answer { from, .. } => {
                 tracing::debug!(peer = %from, "unexpected answer (the camera never offers); ignored");
             }
-            ServerMessage::Error { code, message, from } => {
+            ServerMessage::Error {
+                code,
+                message,
+                from,
+            } => {
                 tracing::error!(%code, %message, from = from.as_deref().unwrap_or("server"), room = %self.settings.room, "signaling error");
             }
         }
         Ok(())
     }
 
-    async fn on_peer_event(&mut self, ws: &mut Ws, ev: PeerEvent) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    async fn on_peer_event(
+        &mut self,
+        ws: &mut Ws,
+        ev: PeerEvent,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
         match ev {
             PeerEvent::Candidate(viewer, candidate) => {
                 if self.peers.contains_key(&viewer) {
-                    send(ws, &ClientMessage::Candidate { to: viewer, candidate }).await?;
+                    send(
+                        ws,
+                        &ClientMessage::Candidate {
+                            to: viewer,
+                            candidate,
+                        },
+                    )
+                    .await?;
                 }
             }
             other => self.on_peer_event_offline(other),
@@ -356,7 +441,9 @@ impl Camera {
             PeerEvent::State(viewer, state) => {
                 tracing::debug!(viewer = %viewer, %state, "viewer connection state");
                 match state {
-                    RTCPeerConnectionState::Connected => tracing::info!(viewer = %viewer, "viewer connected"),
+                    RTCPeerConnectionState::Connected => {
+                        tracing::info!(viewer = %viewer, "viewer connected")
+                    }
                     RTCPeerConnectionState::Failed => self.drop_peer(&viewer, "connection failed"),
                     RTCPeerConnectionState::Closed => self.drop_peer(&viewer, "connection closed"),
                     _ => {}
@@ -373,7 +460,12 @@ pub fn offered_codecs(sdp: &str) -> String {
         .filter_map(|l| l.strip_prefix("a=rtpmap:"))
         .filter_map(|l| l.split_whitespace().nth(1))
         .filter_map(|c| c.split('/').next())
-        .filter(|c| !matches!(c.to_ascii_lowercase().as_str(), "rtx" | "red" | "ulpfec" | "flexfec-03" | "cn" | "telephone-event"))
+        .filter(|c| {
+            !matches!(
+                c.to_ascii_lowercase().as_str(),
+                "rtx" | "red" | "ulpfec" | "flexfec-03" | "cn" | "telephone-event"
+            )
+        })
         .map(str::to_owned)
         .collect();
     names.dedup();

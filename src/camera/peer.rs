@@ -9,6 +9,7 @@
 use super::rtcp::KeyframeRequestForwarder;
 use crate::media::pipeline::{EncodedFrame, KeyframeRequester};
 use crate::signal::protocol::{IceCandidate, PeerId};
+use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::Slot;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -16,7 +17,8 @@ use rtc::rtp::codec::h264::H264Payloader;
 use rtc::rtp::codec::opus::OpusPayloader;
 use rtc::rtp::packetizer::Payloader;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,16 +29,17 @@ use webrtc::media_stream::MediaStreamTrack;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
-    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSessionDescription, Registry, SettingEngineBuilder, register_default_interceptors,
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceServer, RTCIceTransportPolicy,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry,
+    SettingEngineBuilder, register_default_interceptors,
 };
-use rtc::ice::mdns::MulticastDnsMode;
 
 /// RTP payload size limit (bytes), leaving room for SRTP, extensions and TURN framing.
 const RTP_MTU: usize = 1200;
 /// The H.264 format campeer sends: constrained baseline, packetization-mode 1.
-pub const H264_FMTP: &str = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+pub const H264_FMTP: &str =
+    "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
 
 /// Errors setting up a viewer's connection.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +48,9 @@ pub enum PeerError {
     #[error("webrtc: {0}")]
     Webrtc(#[from] webrtc::error::Error),
     /// The offer has no H.264 that campeer can send.
-    #[error("the viewer's offer has no H.264 video campeer can send (packetization-mode=1, constrained baseline)")]
+    #[error(
+        "the viewer's offer has no H.264 video campeer can send (packetization-mode=1, constrained baseline)"
+    )]
     NoH264,
 }
 
@@ -77,15 +82,23 @@ impl PeerConnectionEventHandler for Events {
                     sdp_m_line_index: c.sdp_mline_index,
                     username_fragment: c.username_fragment,
                 };
-                let _ = self.tx.send(PeerEvent::Candidate(self.viewer.clone(), Some(cand))).await;
+                let _ = self
+                    .tx
+                    .send(PeerEvent::Candidate(self.viewer.clone(), Some(cand)))
+                    .await;
             }
-            Err(e) => tracing::debug!(viewer = %self.viewer, error = %e, "local candidate not serialisable"),
+            Err(e) => {
+                tracing::debug!(viewer = %self.viewer, error = %e, "local candidate not serialisable")
+            }
         }
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         let _ = self.state.send(state);
-        let _ = self.tx.send(PeerEvent::State(self.viewer.clone(), state)).await;
+        let _ = self
+            .tx
+            .send(PeerEvent::State(self.viewer.clone(), state))
+            .await;
     }
 }
 
@@ -165,15 +178,17 @@ pub fn offer_has_h264(sdp: &str) -> bool {
         .filter(|l| l.to_ascii_uppercase().contains(" H264/90000"))
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    sdp.lines().filter_map(|l| l.strip_prefix("a=fmtp:")).any(|l| {
-        let (pt, params) = l.split_once(' ').unwrap_or((l, ""));
-        pts.contains(&pt)
-            && params.contains("packetization-mode=1")
-            && params
-                .split(';')
-                .filter_map(|p| p.trim().strip_prefix("profile-level-id="))
-                .any(|id| id.len() == 6 && matches!(&id[..2], "42" | "4d" | "64" | "4D"))
-    })
+    sdp.lines()
+        .filter_map(|l| l.strip_prefix("a=fmtp:"))
+        .any(|l| {
+            let (pt, params) = l.split_once(' ').unwrap_or((l, ""));
+            pts.contains(&pt)
+                && params.contains("packetization-mode=1")
+                && params
+                    .split(';')
+                    .filter_map(|p| p.trim().strip_prefix("profile-level-id="))
+                    .any(|id| id.len() == 6 && matches!(&id[..2], "42" | "4d" | "64" | "4D"))
+        })
 }
 
 fn local_track(kind: RtpCodecKind, codec: RTCRtpCodec, ssrc: u32) -> MediaStreamTrack {
@@ -183,7 +198,10 @@ fn local_track(kind: RtpCodecKind, codec: RTCRtpCodec, ssrc: u32) -> MediaStream
         format!("campeer {kind}"),
         kind,
         vec![RTCRtpEncodingParameters {
-            rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
             codec,
             ..Default::default()
         }],
@@ -197,11 +215,19 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
     }
     let mut me = MediaEngine::default();
     me.register_codec(
-        RTCRtpCodecParameters { rtp_codec: codec_h264(), payload_type: 102, ..Default::default() },
+        RTCRtpCodecParameters {
+            rtp_codec: codec_h264(),
+            payload_type: 102,
+            ..Default::default()
+        },
         RtpCodecKind::Video,
     )?;
     me.register_codec(
-        RTCRtpCodecParameters { rtp_codec: codec_opus(), payload_type: 111, ..Default::default() },
+        RTCRtpCodecParameters {
+            rtp_codec: codec_opus(),
+            payload_type: 111,
+            ..Default::default()
+        },
         RtpCodecKind::Audio,
     )?;
     // NACK responder, sender reports, TWCC; then PLI/FIR delivered to the application (last).
@@ -209,12 +235,26 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
     let registry = registry.with(Slot::from(14_000), KeyframeRequestForwarder::default());
     let config = RTCConfigurationBuilder::new()
         .with_ice_servers(setup.ice_servers)
-        .with_ice_transport_policy(if setup.relay_only { RTCIceTransportPolicy::Relay } else { RTCIceTransportPolicy::All })
+        .with_ice_transport_policy(if setup.relay_only {
+            RTCIceTransportPolicy::Relay
+        } else {
+            RTCIceTransportPolicy::All
+        })
         .build();
     let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
-    let handler = Arc::new(Events { viewer: setup.viewer.clone(), tx: setup.events.clone(), state: state_tx });
-    let mdns_mode = if setup.mdns { MulticastDnsMode::QueryOnly } else { MulticastDnsMode::Disabled };
-    let settings = SettingEngineBuilder::new().with_multicast_dns_mode(mdns_mode).build();
+    let handler = Arc::new(Events {
+        viewer: setup.viewer.clone(),
+        tx: setup.events.clone(),
+        state: state_tx,
+    });
+    let mdns_mode = if setup.mdns {
+        MulticastDnsMode::QueryOnly
+    } else {
+        MulticastDnsMode::Disabled
+    };
+    let settings = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(mdns_mode)
+        .build();
     let pc = PeerConnectionBuilder::new()
         .with_configuration(config)
         .with_setting_engine(settings)
@@ -227,12 +267,22 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
     let pc: Arc<dyn PeerConnection> = Arc::new(pc);
 
     let video_ssrc = rand::random::<u32>();
-    let video_track = Arc::new(TrackLocalStaticRTP::new(local_track(RtpCodecKind::Video, codec_h264(), video_ssrc)));
-    let video_sender = pc.add_track(video_track.clone() as Arc<dyn TrackLocal>).await?;
+    let video_track = Arc::new(TrackLocalStaticRTP::new(local_track(
+        RtpCodecKind::Video,
+        codec_h264(),
+        video_ssrc,
+    )));
+    let video_sender = pc
+        .add_track(video_track.clone() as Arc<dyn TrackLocal>)
+        .await?;
     let audio = match setup.audio {
         Some(rx) => {
             let ssrc = rand::random::<u32>();
-            let track = Arc::new(TrackLocalStaticRTP::new(local_track(RtpCodecKind::Audio, codec_opus(), ssrc)));
+            let track = Arc::new(TrackLocalStaticRTP::new(local_track(
+                RtpCodecKind::Audio,
+                codec_opus(),
+                ssrc,
+            )));
             let sender = pc.add_track(track.clone() as Arc<dyn TrackLocal>).await?;
             Some((track, sender, ssrc, rx))
         }
@@ -240,10 +290,15 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
     };
 
     let result: Result<String, PeerError> = async {
-        pc.set_remote_description(RTCSessionDescription::offer(offer)?).await?;
+        pc.set_remote_description(RTCSessionDescription::offer(offer)?)
+            .await?;
         let answer = pc.create_answer(None).await?;
         pc.set_local_description(answer).await?;
-        Ok(pc.local_description().await.map(|d| d.sdp).unwrap_or_default())
+        Ok(pc
+            .local_description()
+            .await
+            .map(|d| d.sdp)
+            .unwrap_or_default())
     }
     .await;
     let answer_sdp = match result {
@@ -274,7 +329,12 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
         state_rx.clone(),
         cancel.clone(),
     )));
-    tasks.push(tokio::spawn(rtcp_loop(video_track, setup.keyframes, stats.clone(), cancel.clone())));
+    tasks.push(tokio::spawn(rtcp_loop(
+        video_track,
+        setup.keyframes,
+        stats.clone(),
+        cancel.clone(),
+    )));
     if let Some((track, sender, ssrc, rx)) = audio {
         let pt = negotiated_pt(&sender).await.unwrap_or(111);
         tasks.push(tokio::spawn(feed(
@@ -293,15 +353,30 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
             cancel.clone(),
         )));
     }
-    Ok((Peer { pc, stats, cancel, tasks }, answer_sdp))
+    Ok((
+        Peer {
+            pc,
+            stats,
+            cancel,
+            tasks,
+        },
+        answer_sdp,
+    ))
 }
 
 /// Apply a new offer from the same viewer (ICE restart, renegotiation).
 pub async fn reoffer(peer: &Peer, offer: String) -> Result<String, PeerError> {
-    peer.pc.set_remote_description(RTCSessionDescription::offer(offer)?).await?;
+    peer.pc
+        .set_remote_description(RTCSessionDescription::offer(offer)?)
+        .await?;
     let answer = peer.pc.create_answer(None).await?;
     peer.pc.set_local_description(answer).await?;
-    Ok(peer.pc.local_description().await.map(|d| d.sdp).unwrap_or_default())
+    Ok(peer
+        .pc
+        .local_description()
+        .await
+        .map(|d| d.sdp)
+        .unwrap_or_default())
 }
 
 /// Add a remote candidate.
@@ -328,14 +403,24 @@ impl Peer {
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
         }
-        if tokio::time::timeout(Duration::from_secs(2), self.pc.close()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(2), self.pc.close())
+            .await
+            .is_err()
+        {
             tracing::warn!("closing a viewer connection took over 2 s; abandoned");
         }
     }
 }
 
 async fn negotiated_pt(sender: &Arc<dyn webrtc::rtp_transceiver::RtpSender>) -> Option<u8> {
-    sender.get_parameters().await.ok()?.rtp_parameters.codecs.first().map(|c| c.payload_type)
+    sender
+        .get_parameters()
+        .await
+        .ok()?
+        .rtp_parameters
+        .codecs
+        .first()
+        .map(|c| c.payload_type)
 }
 
 struct Feed {
@@ -372,9 +457,13 @@ async fn feed(
     // Start from a fresh keyframe (with SPS/PPS); skip what is queued before it.
     rx = rx.resubscribe();
     if let Some(k) = &f.keyframes {
-        k.request();
+        k.request_for_new_viewer();
     }
-    let mut payloader: Box<dyn Payloader> = if f.video { Box::new(H264Payloader::default()) } else { Box::new(OpusPayloader) };
+    let mut payloader: Box<dyn Payloader> = if f.video {
+        Box::new(H264Payloader::default())
+    } else {
+        Box::new(OpusPayloader)
+    };
     let mut seq: u16 = rand::random();
     let ts_offset: u32 = rand::random();
     let mut waiting_for_key = f.video;
@@ -444,7 +533,12 @@ async fn feed(
 }
 
 /// Turn the viewer's PLI/FIR into (throttled) keyframe requests.
-async fn rtcp_loop(track: Arc<TrackLocalStaticRTP>, keyframes: KeyframeRequester, stats: Arc<PeerStats>, cancel: CancellationToken) {
+async fn rtcp_loop(
+    track: Arc<TrackLocalStaticRTP>,
+    keyframes: KeyframeRequester,
+    stats: Arc<PeerStats>,
+    cancel: CancellationToken,
+) {
     loop {
         let ev = tokio::select! {
             ev = track.poll() => ev,

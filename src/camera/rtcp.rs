@@ -34,8 +34,11 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestForwarder {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet {
-            let keep: Vec<Box<dyn rtc::rtcp::Packet>> =
-                packets.iter().filter(|p| wants_keyframe(p.as_ref())).cloned().collect();
+            let keep: Vec<Box<dyn rtc::rtcp::Packet>> = packets
+                .iter()
+                .filter(|p| wants_keyframe(p.as_ref()))
+                .cloned()
+                .collect();
             if keep.is_empty() {
                 return Ok(());
             }

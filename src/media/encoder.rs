@@ -71,7 +71,10 @@ impl EncoderKind {
 
     /// Whether this element's `bitrate` property is in kbit/s (else bit/s).
     pub fn bitrate_in_kbps(self) -> bool {
-        matches!(self, EncoderKind::X264 | EncoderKind::Va | EncoderKind::Vaapi)
+        matches!(
+            self,
+            EncoderKind::X264 | EncoderKind::Va | EncoderKind::Vaapi
+        )
     }
 }
 
@@ -106,7 +109,9 @@ impl ElementRegistry for [&str] {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EncoderError {
     /// `video.encoder` names an element campeer does not know.
-    #[error("unknown encoder {0:?}; known: v4l2h264enc, vah264enc, vaapih264enc, nvv4l2h264enc, openh264enc, x264enc, or auto")]
+    #[error(
+        "unknown encoder {0:?}; known: v4l2h264enc, vah264enc, vaapih264enc, nvv4l2h264enc, openh264enc, x264enc, or auto"
+    )]
     Unknown(String),
     /// The pinned encoder is not installed or its device is absent.
     #[error("encoder {element} is not available; install {package}")]
@@ -117,20 +122,33 @@ pub enum EncoderError {
         package: &'static str,
     },
     /// `auto` found nothing.
-    #[error("no H.264 encoder found; install gstreamer1.0-plugins-ugly (x264enc) or gstreamer1.0-plugins-bad (openh264enc)")]
+    #[error(
+        "no H.264 encoder found; install gstreamer1.0-plugins-ugly (x264enc) or gstreamer1.0-plugins-bad (openh264enc)"
+    )]
     None,
 }
 
 /// Pick the encoder for `wanted` (`auto` or an element name).
-pub fn choose(wanted: &str, registry: &(impl ElementRegistry + ?Sized)) -> Result<EncoderKind, EncoderError> {
+pub fn choose(
+    wanted: &str,
+    registry: &(impl ElementRegistry + ?Sized),
+) -> Result<EncoderKind, EncoderError> {
     if wanted == "auto" {
-        return PRIORITY.iter().copied().find(|k| registry.has(k.element())).ok_or(EncoderError::None);
+        return PRIORITY
+            .iter()
+            .copied()
+            .find(|k| registry.has(k.element()))
+            .ok_or(EncoderError::None);
     }
-    let kind = EncoderKind::from_element(wanted).ok_or_else(|| EncoderError::Unknown(wanted.to_owned()))?;
+    let kind = EncoderKind::from_element(wanted)
+        .ok_or_else(|| EncoderError::Unknown(wanted.to_owned()))?;
     if registry.has(kind.element()) {
         Ok(kind)
     } else {
-        Err(EncoderError::Missing { element: kind.element(), package: kind.package() })
+        Err(EncoderError::Missing {
+            element: kind.element(),
+            package: kind.package(),
+        })
     }
 }
 
@@ -173,7 +191,11 @@ pub fn level_for(width: u32, height: u32, fps: u32) -> u8 {
         (51, 983040, 36864),
         (52, 2073600, 36864),
     ];
-    LEVELS.iter().find(|(_, r, f)| rate <= *r && mbs <= *f).map(|(l, _, _)| *l).unwrap_or(52)
+    LEVELS
+        .iter()
+        .find(|(_, r, f)| rate <= *r && mbs <= *f)
+        .map(|(l, _, _)| *l)
+        .unwrap_or(52)
 }
 
 /// The level as v4l2h264enc's `h264_level` control value (V4L2_MPEG_VIDEO_H264_LEVEL_*).
@@ -218,8 +240,12 @@ pub fn launch_fragment(kind: EncoderKind, s: &EncodeSettings) -> String {
                 level_string(level)
             )
         }
-        EncoderKind::Va => format!("vah264enc name=encoder bitrate={kbps} key-int-max={gop} b-frames=0 rate-control=cbr"),
-        EncoderKind::Vaapi => format!("vaapih264enc name=encoder bitrate={kbps} keyframe-period={gop} max-bframes=0 rate-control=cbr"),
+        EncoderKind::Va => format!(
+            "vah264enc name=encoder bitrate={kbps} key-int-max={gop} b-frames=0 rate-control=cbr"
+        ),
+        EncoderKind::Vaapi => format!(
+            "vaapih264enc name=encoder bitrate={kbps} keyframe-period={gop} max-bframes=0 rate-control=cbr"
+        ),
         EncoderKind::Nvidia => format!(
             "nvvidconv ! video/x-raw(memory:NVMM) ! nvv4l2h264enc name=encoder bitrate={bps} iframeinterval={gop} insert-sps-pps=true profile=0 maxperf-enable=true"
         ),
@@ -259,7 +285,10 @@ mod tests {
         assert!(e.to_string().contains("gstreamer1.0-plugins-ugly"), "{e}");
         let e = choose("v4l2h264enc", X264_ONLY).unwrap_err();
         assert!(e.to_string().contains("v4l2h264enc"), "{e}");
-        assert!(matches!(choose("ffmpeg", PI4), Err(EncoderError::Unknown(_))));
+        assert!(matches!(
+            choose("ffmpeg", PI4),
+            Err(EncoderError::Unknown(_))
+        ));
     }
 
     #[test]
@@ -275,17 +304,32 @@ mod tests {
 
     #[test]
     fn fragments_carry_the_settings() {
-        let s = EncodeSettings { width: 1920, height: 1080, framerate: 30, bitrate_kbps: 4000, gop: 60 };
+        let s = EncodeSettings {
+            width: 1920,
+            height: 1080,
+            framerate: 30,
+            bitrate_kbps: 4000,
+            gop: 60,
+        };
         let v = launch_fragment(EncoderKind::V4l2, &s);
         assert!(v.contains("repeat_sequence_header=1"), "{v}");
         assert!(v.contains("video_bitrate=4000000"), "{v}");
         assert!(v.contains("h264_i_frame_period=60"), "{v}");
-        assert!(v.contains("h264_level=11") && v.contains("level=(string)4"), "{v}");
+        assert!(
+            v.contains("h264_level=11") && v.contains("level=(string)4"),
+            "{v}"
+        );
         let x = launch_fragment(EncoderKind::X264, &s);
-        assert!(x.contains("bitrate=4000 ") && x.contains("key-int-max=60") && x.contains("bframes=0"), "{x}");
+        assert!(
+            x.contains("bitrate=4000 ") && x.contains("key-int-max=60") && x.contains("bframes=0"),
+            "{x}"
+        );
         for k in PRIORITY {
             let f = launch_fragment(*k, &s);
-            assert!(f.contains("profile=constrained-baseline") && f.contains("config-interval=-1"), "{f}");
+            assert!(
+                f.contains("profile=constrained-baseline") && f.contains("config-interval=-1"),
+                "{f}"
+            );
         }
     }
 }

@@ -22,7 +22,10 @@ pub fn nal_units(data: &[u8]) -> Vec<&[u8]> {
     }
     let mut out = Vec::with_capacity(starts.len());
     for (n, &s) in starts.iter().enumerate() {
-        let mut end = starts.get(n + 1).map(|&next| next - 3).unwrap_or(data.len());
+        let mut end = starts
+            .get(n + 1)
+            .map(|&next| next - 3)
+            .unwrap_or(data.len());
         // A 4-byte start code leaves a trailing zero on the previous unit.
         while end > s && data[end - 1] == 0 && n + 1 < starts.len() {
             end -= 1;
@@ -56,7 +59,11 @@ impl SpsProfile {
         if nal_type(sps) != NAL_SPS || sps.len() < 4 {
             return None;
         }
-        Some(SpsProfile { profile_idc: sps[1], constraints: sps[2], level_idc: sps[3] })
+        Some(SpsProfile {
+            profile_idc: sps[1],
+            constraints: sps[2],
+            level_idc: sps[3],
+        })
     }
 
     /// Constrained baseline: baseline profile with constraint_set1 (every browser decodes it).
@@ -66,7 +73,10 @@ impl SpsProfile {
 
     /// The SDP `profile-level-id` this SPS corresponds to (e.g. `42e01f`).
     pub fn profile_level_id(&self) -> String {
-        format!("{:02x}{:02x}{:02x}", self.profile_idc, self.constraints, self.level_idc)
+        format!(
+            "{:02x}{:02x}{:02x}",
+            self.profile_idc, self.constraints, self.level_idc
+        )
     }
 }
 
@@ -84,10 +94,15 @@ mod tests {
 
     #[test]
     fn splits_three_and_four_byte_start_codes() {
-        let au = [0, 0, 0, 1, 0x67, 0x42, 0xe0, 0x1f, 0, 0, 1, 0x68, 0xce, 0, 0, 0, 1, 0x65, 0x88, 0x84];
+        let au = [
+            0, 0, 0, 1, 0x67, 0x42, 0xe0, 0x1f, 0, 0, 1, 0x68, 0xce, 0, 0, 0, 1, 0x65, 0x88, 0x84,
+        ];
         let units = nal_units(&au);
         assert_eq!(units.len(), 3);
-        assert_eq!(units.iter().map(|n| nal_type(n)).collect::<Vec<_>>(), [7, 8, 5]);
+        assert_eq!(
+            units.iter().map(|n| nal_type(n)).collect::<Vec<_>>(),
+            [7, 8, 5]
+        );
         let sps = SpsProfile::parse(units[0]).unwrap();
         assert!(sps.is_constrained_baseline());
         assert_eq!(sps.profile_level_id(), "42e01f");

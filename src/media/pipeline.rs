@@ -21,8 +21,12 @@ use tokio::sync::broadcast;
 pub const VIDEO_QUEUE: usize = 120;
 /// Audio packets buffered per viewer (5 s of 20 ms Opus packets).
 pub const AUDIO_QUEUE: usize = 250;
-/// Keyframe requests closer together than this are merged into one.
+/// Keyframe requests from viewers' PLI/FIR closer together than this are merged into one
+/// (browsers, Firefox especially, send them in bursts).
 pub const KEYFRAME_MIN_INTERVAL: Duration = Duration::from_millis(1000);
+/// A new viewer's keyframe request is merged only with one this recent: time to first frame
+/// matters more, and joins do not come in floods.
+pub const JOIN_KEYFRAME_MIN_INTERVAL: Duration = Duration::from_millis(200);
 
 /// One encoded access unit (H.264) or packet (Opus).
 #[derive(Debug, Clone)]
@@ -93,8 +97,9 @@ pub struct MediaStats {
     pub last_frame_unix_ms: AtomicU64,
 }
 
-/// Asks the encoder for a keyframe with SPS/PPS, at most once per [`KEYFRAME_MIN_INTERVAL`];
-/// requests inside the window are merged into one sent when the window ends.
+/// Asks the encoder for a keyframe with SPS/PPS, at most once per [`KEYFRAME_MIN_INTERVAL`]
+/// for PLI/FIR and [`JOIN_KEYFRAME_MIN_INTERVAL`] for new viewers; requests inside the window
+/// are merged into one sent when the window ends.
 #[derive(Clone)]
 pub struct KeyframeRequester {
     inner: Arc<Mutex<KeyframeState>>,
@@ -109,7 +114,14 @@ struct KeyframeState {
 
 impl KeyframeRequester {
     fn new(stats: Arc<MediaStats>) -> Self {
-        Self { inner: Arc::new(Mutex::new(KeyframeState { pad: None, last: None, scheduled: false })), stats }
+        Self {
+            inner: Arc::new(Mutex::new(KeyframeState {
+                pad: None,
+                last: None,
+                scheduled: false,
+            })),
+            stats,
+        }
     }
 
     fn set_pad(&self, pad: Option<gst::Pad>) {
@@ -118,15 +130,25 @@ impl KeyframeRequester {
         }
     }
 
-    /// Request a keyframe. Never blocks; must be called inside a tokio runtime.
+    /// Request a keyframe for a viewer's PLI/FIR. Never blocks; must be called inside a tokio
+    /// runtime.
     pub fn request(&self) {
+        self.request_within(KEYFRAME_MIN_INTERVAL);
+    }
+
+    /// Request a keyframe for a viewer that just connected.
+    pub fn request_for_new_viewer(&self) {
+        self.request_within(JOIN_KEYFRAME_MIN_INTERVAL);
+    }
+
+    fn request_within(&self, window: Duration) {
         let Ok(mut s) = self.inner.lock() else { return };
         let now = Instant::now();
         match s.last {
-            Some(last) if now.duration_since(last) < KEYFRAME_MIN_INTERVAL => {
+            Some(last) if now.duration_since(last) < window => {
                 if !s.scheduled {
                     s.scheduled = true;
-                    let wait = KEYFRAME_MIN_INTERVAL - now.duration_since(last);
+                    let wait = window - now.duration_since(last);
                     let me = self.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(wait).await;
@@ -144,7 +166,9 @@ impl KeyframeRequester {
     fn send(&self, s: &mut KeyframeState) {
         s.last = Some(Instant::now());
         if let Some(pad) = &s.pad {
-            let ev = gstreamer_video::UpstreamForceKeyUnitEvent::builder().all_headers(true).build();
+            let ev = gstreamer_video::UpstreamForceKeyUnitEvent::builder()
+                .all_headers(true)
+                .build();
             pad.push_event(ev);
             self.stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
         }
@@ -176,7 +200,10 @@ pub fn init() -> Result<(), PipelineError> {
 }
 
 fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The whole gst-launch description for these settings.
@@ -210,9 +237,15 @@ impl MediaPipeline {
             None => video_desc,
         };
         let pipeline = gst::parse::launch(&desc)
-            .map_err(|e| PipelineError::Build { what: "media", message: e.to_string() })?
+            .map_err(|e| PipelineError::Build {
+                what: "media",
+                message: e.to_string(),
+            })?
             .downcast::<gst::Pipeline>()
-            .map_err(|_| PipelineError::Build { what: "media", message: "not a pipeline".into() })?;
+            .map_err(|_| PipelineError::Build {
+                what: "media",
+                message: "not a pipeline".into(),
+            })?;
         let stats = Arc::new(MediaStats::default());
         let (video_tx, _) = broadcast::channel(VIDEO_QUEUE);
         let (audio_tx, _) = broadcast::channel(AUDIO_QUEUE);
@@ -240,8 +273,12 @@ impl MediaPipeline {
 
     /// Set the pipeline playing and wait (up to `timeout`) until it does, or report why not.
     pub fn start(&self, timeout: Duration) -> Result<(), PipelineError> {
-        self.pipeline.set_state(gst::State::Playing).map_err(|_| PipelineError::Start(self.bus_error()))?;
-        let (res, state, _) = self.pipeline.state(gst::ClockTime::from_nseconds(timeout.as_nanos() as u64));
+        self.pipeline
+            .set_state(gst::State::Playing)
+            .map_err(|_| PipelineError::Start(self.bus_error()))?;
+        let (res, state, _) = self
+            .pipeline
+            .state(gst::ClockTime::from_nseconds(timeout.as_nanos() as u64));
         match (res, state) {
             (Ok(_), gst::State::Playing) => Ok(()),
             _ => {
@@ -254,11 +291,20 @@ impl MediaPipeline {
 
     /// The first error message waiting on the bus, or a generic text.
     fn bus_error(&self) -> String {
-        let Some(bus) = self.pipeline.bus() else { return "no bus".into() };
+        let Some(bus) = self.pipeline.bus() else {
+            return "no bus".into();
+        };
         while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
             if let gst::MessageView::Error(e) = msg.view() {
-                let src = msg.src().map(|s| s.path_string().to_string()).unwrap_or_default();
-                return format!("{src}: {} ({})", e.error(), e.debug().map(|d| d.to_string()).unwrap_or_default());
+                let src = msg
+                    .src()
+                    .map(|s| s.path_string().to_string())
+                    .unwrap_or_default();
+                return format!(
+                    "{src}: {} ({})",
+                    e.error(),
+                    e.debug().map(|d| d.to_string()).unwrap_or_default()
+                );
             }
         }
         "the pipeline did not reach PLAYING in time".into()
@@ -272,7 +318,11 @@ impl MediaPipeline {
     /// Change the video bitrate while running.
     pub fn set_bitrate(&self, kbps: u32) {
         if let Some(enc) = self.pipeline.by_name("encoder") {
-            let value = if self.encoder.bitrate_in_kbps() { kbps } else { kbps.saturating_mul(1000) };
+            let value = if self.encoder.bitrate_in_kbps() {
+                kbps
+            } else {
+                kbps.saturating_mul(1000)
+            };
             if enc.find_property("bitrate").is_some() {
                 enc.set_property_from_str("bitrate", &value.to_string());
                 tracing::info!(kbps, encoder = %self.encoder, "video bitrate changed");
@@ -293,31 +343,53 @@ impl Drop for MediaPipeline {
     }
 }
 
-fn appsink(pipeline: &gst::Pipeline, name: &'static str) -> Result<gst_app::AppSink, PipelineError> {
+fn appsink(
+    pipeline: &gst::Pipeline,
+    name: &'static str,
+) -> Result<gst_app::AppSink, PipelineError> {
     pipeline
         .by_name(name)
         .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
-        .ok_or(PipelineError::Build { what: name, message: format!("appsink {name} missing") })
+        .ok_or(PipelineError::Build {
+            what: name,
+            message: format!("appsink {name} missing"),
+        })
 }
 
-fn install_sink(sink: &gst_app::AppSink, tx: broadcast::Sender<Arc<EncodedFrame>>, stats: Arc<MediaStats>, video: bool) {
+fn install_sink(
+    sink: &gst_app::AppSink,
+    tx: broadcast::Sender<Arc<EncodedFrame>>,
+    stats: Arc<MediaStats>,
+    video: bool,
+) {
     sink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |sink| {
                 let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                let Some(buffer) = sample.buffer() else { return Ok(gst::FlowSuccess::Ok) };
-                let Ok(map) = buffer.map_readable() else { return Ok(gst::FlowSuccess::Ok) };
+                let Some(buffer) = sample.buffer() else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let Ok(map) = buffer.map_readable() else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
                 let keyframe = !video || !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
                 let frame = EncodedFrame {
                     data: Bytes::copy_from_slice(map.as_slice()),
-                    pts: buffer.pts().map(|t| Duration::from_nanos(t.nseconds())).unwrap_or_default(),
-                    duration: buffer.duration().map(|t| Duration::from_nanos(t.nseconds())),
+                    pts: buffer
+                        .pts()
+                        .map(|t| Duration::from_nanos(t.nseconds()))
+                        .unwrap_or_default(),
+                    duration: buffer
+                        .duration()
+                        .map(|t| Duration::from_nanos(t.nseconds())),
                     keyframe,
                     at: Instant::now(),
                 };
                 if video {
                     stats.frames.fetch_add(1, Ordering::Relaxed);
-                    stats.video_bytes.fetch_add(frame.data.len() as u64, Ordering::Relaxed);
+                    stats
+                        .video_bytes
+                        .fetch_add(frame.data.len() as u64, Ordering::Relaxed);
                     if keyframe {
                         stats.keyframes.fetch_add(1, Ordering::Relaxed);
                     }

@@ -35,7 +35,9 @@ impl VideoSource {
             return Ok(VideoSource::V4l2(PathBuf::from(dev)));
         }
         if let Some(name) = s.strip_prefix("libcamera:") {
-            return Ok(VideoSource::Libcamera(Some(name.to_owned()).filter(|n| !n.is_empty())));
+            return Ok(VideoSource::Libcamera(
+                Some(name.to_owned()).filter(|n| !n.is_empty()),
+            ));
         }
         if let Some(desc) = s.strip_prefix("pipeline:") {
             if desc.trim().is_empty() {
@@ -43,7 +45,9 @@ impl VideoSource {
             }
             return Ok(VideoSource::Pipeline(desc.to_owned()));
         }
-        Err(format!("{s:?}: expected auto, test, v4l2:/dev/videoN, libcamera[:name] or pipeline:<description>"))
+        Err(format!(
+            "{s:?}: expected auto, test, v4l2:/dev/videoN, libcamera[:name] or pipeline:<description>"
+        ))
     }
 }
 
@@ -82,9 +86,14 @@ impl AudioSource {
             _ => {}
         }
         if let Some(dev) = s.strip_prefix("alsa:") {
-            let ok = !dev.is_empty() && dev.chars().all(|c| c.is_ascii_alphanumeric() || ",:=_-.".contains(c));
+            let ok = !dev.is_empty()
+                && dev
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ",:=_-.".contains(c));
             if !ok {
-                return Err(format!("{s:?}: expected alsa:<device> such as alsa:hw:1,0 or alsa:default"));
+                return Err(format!(
+                    "{s:?}: expected alsa:<device> such as alsa:hw:1,0 or alsa:default"
+                ));
             }
             return Ok(AudioSource::Alsa(dev.to_owned()));
         }
@@ -94,7 +103,9 @@ impl AudioSource {
             }
             return Ok(AudioSource::Pipeline(desc.to_owned()));
         }
-        Err(format!("{s:?}: expected none, test, alsa:<device> or pipeline:<description>"))
+        Err(format!(
+            "{s:?}: expected none, test, alsa:<device> or pipeline:<description>"
+        ))
     }
 }
 
@@ -104,7 +115,12 @@ pub fn v4l2_device_nodes() -> Vec<PathBuf> {
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .filter_map(|e| {
-                    let n = e.file_name().to_str()?.strip_prefix("video")?.parse::<u32>().ok()?;
+                    let n = e
+                        .file_name()
+                        .to_str()?
+                        .strip_prefix("video")?
+                        .parse::<u32>()
+                        .ok()?;
                     Some((n, e.path()))
                 })
                 .collect()
@@ -116,15 +132,23 @@ pub fn v4l2_device_nodes() -> Vec<PathBuf> {
 
 /// The V4L2 devices that can capture video, in number order (`/dev/video0` first).
 pub fn v4l2_capture_devices() -> Vec<PathBuf> {
-    v4l2_device_nodes().into_iter().filter(|p| is_capture_device(p)).collect()
+    v4l2_device_nodes()
+        .into_iter()
+        .filter(|p| is_capture_device(p))
+        .collect()
 }
 
 /// True when the device can capture video (not an encoder, decoder or metadata node).
 pub fn is_capture_device(path: &Path) -> bool {
-    let Ok(dev) = v4l::Device::with_path(path) else { return false };
-    let Ok(caps) = dev.query_caps() else { return false };
+    let Ok(dev) = v4l::Device::with_path(path) else {
+        return false;
+    };
+    let Ok(caps) = dev.query_caps() else {
+        return false;
+    };
     let c = caps.capabilities;
-    c.contains(v4l::capability::Flags::VIDEO_CAPTURE) && !c.contains(v4l::capability::Flags::VIDEO_M2M)
+    c.contains(v4l::capability::Flags::VIDEO_CAPTURE)
+        && !c.contains(v4l::capability::Flags::VIDEO_M2M)
 }
 
 /// Resolve `auto` to what is there now, saying why in the log.
@@ -149,7 +173,9 @@ pub fn video_launch(src: &VideoSource, width: u32, height: u32, fps: u32) -> Str
     let raw = format!("video/x-raw,width={width},height={height},framerate={fps}/1");
     // Real sources keep their own rate up to the configured one: frames are dropped above it,
     // never duplicated below it.
-    let fit = format!("videorate drop-only=true max-rate={fps} ! videoscale ! videoconvert ! video/x-raw,width={width},height={height}");
+    let fit = format!(
+        "videorate drop-only=true max-rate={fps} ! videoscale ! videoconvert ! video/x-raw,width={width},height={height}"
+    );
     let head = match src {
         // `auto` is resolved before building; the test pattern is its fallback.
         VideoSource::Auto | VideoSource::Test => format!(
@@ -161,7 +187,10 @@ pub fn video_launch(src: &VideoSource, width: u32, height: u32, fps: u32) -> Str
             dev.display()
         ),
         VideoSource::Libcamera(name) => {
-            let cam = name.as_ref().map(|n| format!(" camera-name=\"{n}\"")).unwrap_or_default();
+            let cam = name
+                .as_ref()
+                .map(|n| format!(" camera-name=\"{n}\""))
+                .unwrap_or_default();
             format!("libcamerasrc{cam} ! {raw}")
         }
         VideoSource::Pipeline(desc) => format!("{desc} ! {fit}"),
@@ -174,10 +203,14 @@ pub fn audio_launch(src: &AudioSource) -> Option<String> {
     let head = match src {
         AudioSource::None => return None,
         AudioSource::Test => "audiotestsrc is-live=true wave=sine freq=440 volume=0.1".to_owned(),
-        AudioSource::Alsa(dev) => format!("alsasrc device=\"{dev}\" buffer-time=40000 latency-time=10000"),
+        AudioSource::Alsa(dev) => {
+            format!("alsasrc device=\"{dev}\" buffer-time=40000 latency-time=10000")
+        }
         AudioSource::Pipeline(desc) => desc.clone(),
     };
-    Some(format!("{head} ! audioconvert ! audioresample ! audio/x-raw,rate=48000,channels=2"))
+    Some(format!(
+        "{head} ! audioconvert ! audioresample ! audio/x-raw,rate=48000,channels=2"
+    ))
 }
 
 #[cfg(test)]
@@ -187,10 +220,22 @@ mod tests {
     #[test]
     fn parse_video() {
         assert_eq!(VideoSource::parse("auto"), Ok(VideoSource::Auto));
-        assert_eq!(VideoSource::parse("v4l2:/dev/video2"), Ok(VideoSource::V4l2("/dev/video2".into())));
-        assert_eq!(VideoSource::parse("libcamera"), Ok(VideoSource::Libcamera(None)));
-        assert_eq!(VideoSource::parse("libcamera:imx708"), Ok(VideoSource::Libcamera(Some("imx708".into()))));
-        assert!(matches!(VideoSource::parse("pipeline:videotestsrc"), Ok(VideoSource::Pipeline(_))));
+        assert_eq!(
+            VideoSource::parse("v4l2:/dev/video2"),
+            Ok(VideoSource::V4l2("/dev/video2".into()))
+        );
+        assert_eq!(
+            VideoSource::parse("libcamera"),
+            Ok(VideoSource::Libcamera(None))
+        );
+        assert_eq!(
+            VideoSource::parse("libcamera:imx708"),
+            Ok(VideoSource::Libcamera(Some("imx708".into())))
+        );
+        assert!(matches!(
+            VideoSource::parse("pipeline:videotestsrc"),
+            Ok(VideoSource::Pipeline(_))
+        ));
         assert!(VideoSource::parse("v4l2:video0").is_err());
         assert!(VideoSource::parse("pipeline: ").is_err());
         assert!(VideoSource::parse("webcam").is_err());
@@ -198,9 +243,15 @@ mod tests {
 
     #[test]
     fn parse_audio() {
-        assert_eq!(AudioSource::parse("alsa:hw:1,0"), Ok(AudioSource::Alsa("hw:1,0".into())));
+        assert_eq!(
+            AudioSource::parse("alsa:hw:1,0"),
+            Ok(AudioSource::Alsa("hw:1,0".into()))
+        );
         assert_eq!(AudioSource::parse("none"), Ok(AudioSource::None));
-        assert!(AudioSource::parse("alsa:hw:1\" ! fakesrc").is_err(), "quotes cannot break out of the element");
+        assert!(
+            AudioSource::parse("alsa:hw:1\" ! fakesrc").is_err(),
+            "quotes cannot break out of the element"
+        );
         assert!(AudioSource::parse("mic").is_err());
     }
 }

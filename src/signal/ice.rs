@@ -18,8 +18,17 @@ pub struct IceProvider {
 }
 
 /// The TURN REST credential pair for `user` valid until `now + ttl`.
-pub fn turn_rest_credentials(secret: &[u8], user: &str, ttl: Duration, now: SystemTime) -> (String, String) {
-    let expiry = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) + ttl.as_secs();
+pub fn turn_rest_credentials(
+    secret: &[u8],
+    user: &str,
+    ttl: Duration,
+    now: SystemTime,
+) -> (String, String) {
+    let expiry = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        + ttl.as_secs();
     let username = format!("{expiry}:{user}");
     // HMAC accepts keys of any length; `new_from_slice` only fails for fixed-size MACs.
     let mut mac = Hmac::<Sha1>::new_from_slice(secret).expect("HMAC takes keys of any length");
@@ -34,9 +43,16 @@ impl IceProvider {
             static_servers: c
                 .servers
                 .iter()
-                .map(|s| IceServer { urls: s.urls.clone(), username: s.username.clone(), credential: s.credential.clone() })
+                .map(|s| IceServer {
+                    urls: s.urls.clone(),
+                    username: s.username.clone(),
+                    credential: s.credential.clone(),
+                })
                 .collect(),
-            rest: c.turn_rest.as_ref().map(|t| (t.urls.clone(), t.secret.clone().into_bytes(), t.ttl)),
+            rest: c
+                .turn_rest
+                .as_ref()
+                .map(|t| (t.urls.clone(), t.secret.clone().into_bytes(), t.ttl)),
         }
     }
 
@@ -45,7 +61,11 @@ impl IceProvider {
         let mut out = self.static_servers.clone();
         if let Some((urls, secret, ttl)) = &self.rest {
             let (username, credential) = turn_rest_credentials(secret, peer, *ttl, now);
-            out.push(IceServer { urls: urls.clone(), username: Some(username), credential: Some(credential) });
+            out.push(IceServer {
+                urls: urls.clone(),
+                username: Some(username),
+                credential: Some(credential),
+            });
         }
         out
     }
@@ -68,8 +88,16 @@ mod tests {
     #[test]
     fn static_then_rest() {
         let p = IceProvider::from_config(&IceConfig {
-            servers: vec![IceServerConfig { urls: vec!["stun:s:3478".into()], username: None, credential: None }],
-            turn_rest: Some(TurnRestConfig { urls: vec!["turn:t:3478".into()], secret: "k".into(), ttl: Duration::from_secs(60) }),
+            servers: vec![IceServerConfig {
+                urls: vec!["stun:s:3478".into()],
+                username: None,
+                credential: None,
+            }],
+            turn_rest: Some(TurnRestConfig {
+                urls: vec!["turn:t:3478".into()],
+                secret: "k".into(),
+                ttl: Duration::from_secs(60),
+            }),
             transport_policy: Default::default(),
         });
         let list = p.for_peer("abc", UNIX_EPOCH + Duration::from_secs(100));

@@ -33,13 +33,20 @@ pub enum SecretError {
 pub fn default_secret_path() -> PathBuf {
     if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
         // systemd may pass several, colon-separated: use the first.
-        let first = dir.to_string_lossy().split(':').next().unwrap_or("").to_owned();
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_owned();
         if !first.is_empty() {
             return PathBuf::from(first).join("secret");
         }
     }
     use std::os::unix::fs::MetadataExt;
-    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false);
     if root {
         return PathBuf::from("/var/lib/campeer/secret");
     }
@@ -59,8 +66,15 @@ pub fn load_secret(config: &Config) -> Result<Vec<u8>, SecretError> {
         }
         return Ok(config.server.secret.clone().into_bytes());
     }
-    let path = config.server.secret_file.clone().unwrap_or_else(default_secret_path);
-    let io = |source| SecretError::Io { path: path.clone(), source };
+    let path = config
+        .server
+        .secret_file
+        .clone()
+        .unwrap_or_else(default_secret_path);
+    let io = |source| SecretError::Io {
+        path: path.clone(),
+        source,
+    };
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let s = text.trim();
@@ -73,9 +87,16 @@ pub fn load_secret(config: &Config) -> Result<Vec<u8>, SecretError> {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(io)?;
             }
-            let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+            let secret: String = (0..32)
+                .map(|_| format!("{:02x}", rand::random::<u8>()))
+                .collect();
             use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(io)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io)?;
             f.write_all(secret.as_bytes()).map_err(io)?;
             tracing::info!(path = %path.display(), "created a new token secret");
             Ok(secret.into_bytes())

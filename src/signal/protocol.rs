@@ -45,7 +45,9 @@ impl std::str::FromStr for Role {
         match s {
             "camera" => Ok(Role::Camera),
             "viewer" => Ok(Role::Viewer),
-            other => Err(format!("unknown role {other:?} (expected camera or viewer)")),
+            other => Err(format!(
+                "unknown role {other:?} (expected camera or viewer)"
+            )),
         }
     }
 }
@@ -326,20 +328,38 @@ mod tests {
                 name: None
             }
         );
-        let m = parse_client(r#"{"type":"join","room":"g","role":"camera","token":"t","name":"Shed"}"#)
-            .unwrap();
-        assert!(matches!(m, ClientMessage::Join { role: Role::Camera, .. }));
+        let m =
+            parse_client(r#"{"type":"join","room":"g","role":"camera","token":"t","name":"Shed"}"#)
+                .unwrap();
+        assert!(matches!(
+            m,
+            ClientMessage::Join {
+                role: Role::Camera,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn candidate_null_and_browser_shape() {
         let m = parse_client(r#"{"type":"candidate","to":"a","candidate":null}"#).unwrap();
-        assert_eq!(m, ClientMessage::Candidate { to: "a".into(), candidate: None });
+        assert_eq!(
+            m,
+            ClientMessage::Candidate {
+                to: "a".into(),
+                candidate: None
+            }
+        );
         let m = parse_client(
             r#"{"type":"candidate","to":"a","candidate":{"candidate":"candidate:1 1 udp 1 1.2.3.4 5 typ host","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":"x"}}"#,
         )
         .unwrap();
-        let ClientMessage::Candidate { candidate: Some(c), .. } = m else { panic!("{m:?}") };
+        let ClientMessage::Candidate {
+            candidate: Some(c), ..
+        } = m
+        else {
+            panic!("{m:?}")
+        };
         assert_eq!(c.sdp_mid.as_deref(), Some("0"));
         assert_eq!(c.sdp_m_line_index, Some(0));
     }
@@ -355,9 +375,15 @@ mod tests {
         assert_eq!(code(r#"{"type":5}"#), "bad-json");
         assert_eq!(code(r#"{"type":"dance"}"#), "unknown-type");
         assert_eq!(code(r#"{"type":"offer","to":"x"}"#), "bad-message");
-        assert_eq!(code(r#"{"type":"join","room":"r","role":"admin"}"#), "bad-message");
+        assert_eq!(
+            code(r#"{"type":"join","room":"r","role":"admin"}"#),
+            "bad-message"
+        );
         // `from` is the server's to set; a client that sends it is refused, not believed.
-        assert_eq!(code(r#"{"type":"offer","to":"x","sdp":"v=0","from":"y"}"#), "bad-message");
+        assert_eq!(
+            code(r#"{"type":"offer","to":"x","sdp":"v=0","from":"y"}"#),
+            "bad-message"
+        );
     }
 
     #[test]
@@ -366,7 +392,11 @@ mod tests {
             id: "a".into(),
             room: "r".into(),
             peers: vec![],
-            ice_servers: vec![IceServer { urls: vec!["stun:x".into()], username: None, credential: None }],
+            ice_servers: vec![IceServer {
+                urls: vec!["stun:x".into()],
+                username: None,
+                credential: None,
+            }],
             protocol: PROTOCOL_VERSION,
         };
         let v: serde_json::Value = serde_json::from_str(&m.to_json()).unwrap();

@@ -5,7 +5,9 @@
 //! [`Router::disconnect`] from one task; every rule of the room protocol lives here.
 
 use super::ice::IceProvider;
-use super::protocol::{ClientMessage, ErrorCode, PeerId, PeerInfo, Role, ServerMessage, PROTOCOL_VERSION};
+use super::protocol::{
+    ClientMessage, ErrorCode, PROTOCOL_VERSION, PeerId, PeerInfo, Role, ServerMessage,
+};
 use super::token::{TokenError, TokenKey};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::SystemTime;
@@ -19,7 +21,9 @@ pub const MAX_NAME_LEN: usize = 64;
 pub fn valid_room(room: &str) -> bool {
     !room.is_empty()
         && room.len() <= MAX_ROOM_LEN
-        && room.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
 /// Who may join which room.
@@ -109,13 +113,22 @@ impl Router {
     }
 
     fn info(&self, id: &PeerId) -> Option<PeerInfo> {
-        self.members.get(id).map(|m| PeerInfo { id: id.clone(), role: m.role, name: m.name.clone() })
+        self.members.get(id).map(|m| PeerInfo {
+            id: id.clone(),
+            role: m.role,
+            name: m.name.clone(),
+        })
     }
 
     /// Handle one message from `from` at `now`.
     pub fn handle(&mut self, from: &PeerId, msg: ClientMessage, now: SystemTime) -> Outbox {
         match msg {
-            ClientMessage::Join { room, role, token, name } => self.join(from, room, role, token, name, now),
+            ClientMessage::Join {
+                room,
+                role,
+                token,
+                name,
+            } => self.join(from, room, role, token, name, now),
             ClientMessage::Exit {} => {
                 if self.members.contains_key(from) {
                     self.leave(from)
@@ -123,22 +136,53 @@ impl Router {
                     err(from, ErrorCode::NotJoined, "exit before join")
                 }
             }
-            ClientMessage::Offer { to, sdp } => self.relay(from, &to, ServerMessage::Offer { from: from.clone(), sdp }),
-            ClientMessage::Answer { to, sdp } => self.relay(from, &to, ServerMessage::Answer { from: from.clone(), sdp }),
-            ClientMessage::Candidate { to, candidate } => {
-                self.relay(from, &to, ServerMessage::Candidate { from: from.clone(), candidate })
-            }
+            ClientMessage::Offer { to, sdp } => self.relay(
+                from,
+                &to,
+                ServerMessage::Offer {
+                    from: from.clone(),
+                    sdp,
+                },
+            ),
+            ClientMessage::Answer { to, sdp } => self.relay(
+                from,
+                &to,
+                ServerMessage::Answer {
+                    from: from.clone(),
+                    sdp,
+                },
+            ),
+            ClientMessage::Candidate { to, candidate } => self.relay(
+                from,
+                &to,
+                ServerMessage::Candidate {
+                    from: from.clone(),
+                    candidate,
+                },
+            ),
             ClientMessage::Reject { to, code, message } => {
                 let code: String = code.chars().take(64).collect();
                 let message: String = message.chars().take(512).collect();
-                self.relay(from, &to, ServerMessage::Error { code, message, from: Some(from.clone()) })
+                self.relay(
+                    from,
+                    &to,
+                    ServerMessage::Error {
+                        code,
+                        message,
+                        from: Some(from.clone()),
+                    },
+                )
             }
         }
     }
 
     /// The peer's connection closed: it leaves its room, if any.
     pub fn disconnect(&mut self, peer: &PeerId) -> Outbox {
-        if self.members.contains_key(peer) { self.leave(peer) } else { vec![] }
+        if self.members.contains_key(peer) {
+            self.leave(peer)
+        } else {
+            vec![]
+        }
     }
 
     fn join(
@@ -151,36 +195,79 @@ impl Router {
         now: SystemTime,
     ) -> Outbox {
         if let Some(m) = self.members.get(from) {
-            return err(from, ErrorCode::AlreadyJoined, format!("already in room {:?}; send exit first", m.room));
+            return err(
+                from,
+                ErrorCode::AlreadyJoined,
+                format!("already in room {:?}; send exit first", m.room),
+            );
         }
         if !valid_room(&room) {
-            return err(from, ErrorCode::BadRoom, "room names are 1-64 characters of A-Z a-z 0-9 _ - .");
+            return err(
+                from,
+                ErrorCode::BadRoom,
+                "room names are 1-64 characters of A-Z a-z 0-9 _ - .",
+            );
         }
         if !self.access.is_open(&room) {
             let Some(token) = token.filter(|t| !t.is_empty()) else {
-                return err(from, ErrorCode::TokenRequired, format!("room {room:?} needs a {role} token"));
+                return err(
+                    from,
+                    ErrorCode::TokenRequired,
+                    format!("room {room:?} needs a {role} token"),
+                );
             };
             match self.access.key.verify(&token, &room, role, now) {
                 Ok(_) => {}
                 Err(TokenError::Expired(ago)) => {
-                    return err(from, ErrorCode::TokenExpired, format!("token expired {ago} s ago"));
+                    return err(
+                        from,
+                        ErrorCode::TokenExpired,
+                        format!("token expired {ago} s ago"),
+                    );
                 }
                 Err(e) => return err(from, ErrorCode::BadToken, e.to_string()),
             }
         }
         let occupants = self.rooms.get(&room).map(|m| m.len()).unwrap_or(0);
         if occupants == 0 && self.rooms.len() >= self.limits.max_rooms {
-            return err(from, ErrorCode::TooManyRooms, format!("the server holds its maximum of {} rooms", self.limits.max_rooms));
+            return err(
+                from,
+                ErrorCode::TooManyRooms,
+                format!(
+                    "the server holds its maximum of {} rooms",
+                    self.limits.max_rooms
+                ),
+            );
         }
         if occupants >= self.limits.max_peers_per_room {
-            return err(from, ErrorCode::RoomFull, format!("room {room:?} holds its maximum of {} peers", self.limits.max_peers_per_room));
+            return err(
+                from,
+                ErrorCode::RoomFull,
+                format!(
+                    "room {room:?} holds its maximum of {} peers",
+                    self.limits.max_peers_per_room
+                ),
+            );
         }
-        let name: String = name.unwrap_or_default().chars().filter(|c| !c.is_control()).take(MAX_NAME_LEN).collect();
+        let name: String = name
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_NAME_LEN)
+            .collect();
         let peers = self.peers_in(&room);
         let mut out: Outbox = peers
             .iter()
             .map(|p| {
-                (p.id.clone(), ServerMessage::Joined { id: from.clone(), room: room.clone(), role, name: name.clone() })
+                (
+                    p.id.clone(),
+                    ServerMessage::Joined {
+                        id: from.clone(),
+                        room: room.clone(),
+                        role,
+                        name: name.clone(),
+                    },
+                )
             })
             .collect();
         out.insert(
@@ -197,14 +284,20 @@ impl Router {
             ),
         );
         self.seq += 1;
-        self.rooms.entry(room.clone()).or_default().insert(self.seq, from.clone());
+        self.rooms
+            .entry(room.clone())
+            .or_default()
+            .insert(self.seq, from.clone());
         self.seq_of.insert(from.clone(), self.seq);
-        self.members.insert(from.clone(), Member { room, role, name });
+        self.members
+            .insert(from.clone(), Member { room, role, name });
         out
     }
 
     fn leave(&mut self, peer: &PeerId) -> Outbox {
-        let Some(m) = self.members.remove(peer) else { return vec![] };
+        let Some(m) = self.members.remove(peer) else {
+            return vec![];
+        };
         if let (Some(seq), Some(room)) = (self.seq_of.remove(peer), self.rooms.get_mut(&m.room)) {
             room.remove(&seq);
             if room.is_empty() {
@@ -213,7 +306,15 @@ impl Router {
         }
         self.peers_in(&m.room)
             .into_iter()
-            .map(|p| (p.id, ServerMessage::Exit { from: peer.clone(), room: m.room.clone() }))
+            .map(|p| {
+                (
+                    p.id,
+                    ServerMessage::Exit {
+                        from: peer.clone(),
+                        room: m.room.clone(),
+                    },
+                )
+            })
             .collect()
     }
 
@@ -223,10 +324,18 @@ impl Router {
         };
         let Some(target) = self.members.get(to).filter(|t| t.room == sender.room) else {
             let shown: String = to.chars().take(32).collect();
-            return err(from, ErrorCode::UnknownPeer, format!("no peer {shown:?} in room {:?}", sender.room));
+            return err(
+                from,
+                ErrorCode::UnknownPeer,
+                format!("no peer {shown:?} in room {:?}", sender.room),
+            );
         };
         if target.role == sender.role {
-            return err(from, ErrorCode::NotAllowed, format!("a {} cannot call a {}", sender.role, target.role));
+            return err(
+                from,
+                ErrorCode::NotAllowed,
+                format!("a {} cannot call a {}", sender.role, target.role),
+            );
         }
         vec![(to.clone(), msg)]
     }
@@ -248,8 +357,14 @@ mod tests {
 
     fn router(open: &[&str]) -> Router {
         Router::new(
-            Access { key: key(), open_rooms: open.iter().map(|s| s.to_string()).collect() },
-            Limits { max_peers_per_room: 4, max_rooms: 2 },
+            Access {
+                key: key(),
+                open_rooms: open.iter().map(|s| s.to_string()).collect(),
+            },
+            Limits {
+                max_peers_per_room: 4,
+                max_rooms: 2,
+            },
             IceProvider::default(),
         )
     }
@@ -257,7 +372,12 @@ mod tests {
     fn join(r: &mut Router, id: &str, room: &str, role: Role, token: Option<String>) -> Outbox {
         r.handle(
             &id.to_string(),
-            ClientMessage::Join { room: room.into(), role, token, name: Some(format!("n-{id}")) },
+            ClientMessage::Join {
+                room: room.into(),
+                role,
+                token,
+                name: Some(format!("n-{id}")),
+            },
             now(),
         )
     }
@@ -274,22 +394,52 @@ mod tests {
         let mut r = router(&["lab"]);
         let out = join(&mut r, "cam", "lab", Role::Camera, None);
         assert_eq!(out.len(), 1);
-        assert!(matches!(&out[0], (to, ServerMessage::Created { id, peers, protocol: 1, .. }) if to == "cam" && id == "cam" && peers.is_empty()));
+        assert!(
+            matches!(&out[0], (to, ServerMessage::Created { id, peers, protocol: 1, .. }) if to == "cam" && id == "cam" && peers.is_empty())
+        );
 
         let out = join(&mut r, "v1", "lab", Role::Viewer, None);
         assert_eq!(out.len(), 2);
-        let (to, ServerMessage::Created { peers, .. }) = &out[0] else { panic!("{out:?}") };
+        let (to, ServerMessage::Created { peers, .. }) = &out[0] else {
+            panic!("{out:?}")
+        };
         assert_eq!(to, "v1");
-        assert_eq!(peers, &vec![PeerInfo { id: "cam".into(), role: Role::Camera, name: "n-cam".into() }]);
+        assert_eq!(
+            peers,
+            &vec![PeerInfo {
+                id: "cam".into(),
+                role: Role::Camera,
+                name: "n-cam".into()
+            }]
+        );
         assert_eq!(
             out[1],
-            ("cam".into(), ServerMessage::Joined { id: "v1".into(), room: "lab".into(), role: Role::Viewer, name: "n-v1".into() })
+            (
+                "cam".into(),
+                ServerMessage::Joined {
+                    id: "v1".into(),
+                    room: "lab".into(),
+                    role: Role::Viewer,
+                    name: "n-v1".into()
+                }
+            )
         );
 
         let out = join(&mut r, "v2", "lab", Role::Viewer, None);
-        let (_, ServerMessage::Created { peers, .. }) = &out[0] else { panic!() };
-        assert_eq!(peers.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["cam", "v1"]);
-        assert_eq!(out.iter().skip(1).map(|(to, _)| to.as_str()).collect::<Vec<_>>(), ["cam", "v1"]);
+        let (_, ServerMessage::Created { peers, .. }) = &out[0] else {
+            panic!()
+        };
+        assert_eq!(
+            peers.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+            ["cam", "v1"]
+        );
+        assert_eq!(
+            out.iter()
+                .skip(1)
+                .map(|(to, _)| to.as_str())
+                .collect::<Vec<_>>(),
+            ["cam", "v1"]
+        );
     }
 
     #[test]
@@ -298,21 +448,115 @@ mod tests {
         join(&mut r, "cam", "lab", Role::Camera, None);
         join(&mut r, "v1", "lab", Role::Viewer, None);
         join(&mut r, "v2", "lab", Role::Viewer, None);
-        let out = r.handle(&"v1".into(), ClientMessage::Offer { to: "cam".into(), sdp: "o".into() }, now());
-        assert_eq!(out, vec![("cam".into(), ServerMessage::Offer { from: "v1".into(), sdp: "o".into() })]);
-        let out = r.handle(&"cam".into(), ClientMessage::Answer { to: "v1".into(), sdp: "a".into() }, now());
-        assert_eq!(out, vec![("v1".into(), ServerMessage::Answer { from: "cam".into(), sdp: "a".into() })]);
-        let cand = IceCandidate { candidate: "candidate:x".into(), sdp_mid: Some("0".into()), sdp_m_line_index: Some(0), username_fragment: None };
-        let out = r.handle(&"cam".into(), ClientMessage::Candidate { to: "v1".into(), candidate: Some(cand.clone()) }, now());
-        assert_eq!(out, vec![("v1".into(), ServerMessage::Candidate { from: "cam".into(), candidate: Some(cand) })]);
-        let out = r.handle(&"cam".into(), ClientMessage::Candidate { to: "v1".into(), candidate: None }, now());
-        assert_eq!(out, vec![("v1".into(), ServerMessage::Candidate { from: "cam".into(), candidate: None })]);
+        let out = r.handle(
+            &"v1".into(),
+            ClientMessage::Offer {
+                to: "cam".into(),
+                sdp: "o".into(),
+            },
+            now(),
+        );
+        assert_eq!(
+            out,
+            vec![(
+                "cam".into(),
+                ServerMessage::Offer {
+                    from: "v1".into(),
+                    sdp: "o".into()
+                }
+            )]
+        );
+        let out = r.handle(
+            &"cam".into(),
+            ClientMessage::Answer {
+                to: "v1".into(),
+                sdp: "a".into(),
+            },
+            now(),
+        );
+        assert_eq!(
+            out,
+            vec![(
+                "v1".into(),
+                ServerMessage::Answer {
+                    from: "cam".into(),
+                    sdp: "a".into()
+                }
+            )]
+        );
+        let cand = IceCandidate {
+            candidate: "candidate:x".into(),
+            sdp_mid: Some("0".into()),
+            sdp_m_line_index: Some(0),
+            username_fragment: None,
+        };
+        let out = r.handle(
+            &"cam".into(),
+            ClientMessage::Candidate {
+                to: "v1".into(),
+                candidate: Some(cand.clone()),
+            },
+            now(),
+        );
+        assert_eq!(
+            out,
+            vec![(
+                "v1".into(),
+                ServerMessage::Candidate {
+                    from: "cam".into(),
+                    candidate: Some(cand)
+                }
+            )]
+        );
+        let out = r.handle(
+            &"cam".into(),
+            ClientMessage::Candidate {
+                to: "v1".into(),
+                candidate: None,
+            },
+            now(),
+        );
+        assert_eq!(
+            out,
+            vec![(
+                "v1".into(),
+                ServerMessage::Candidate {
+                    from: "cam".into(),
+                    candidate: None
+                }
+            )]
+        );
         // Viewers never call viewers.
-        let out = r.handle(&"v1".into(), ClientMessage::Offer { to: "v2".into(), sdp: "o".into() }, now());
+        let out = r.handle(
+            &"v1".into(),
+            ClientMessage::Offer {
+                to: "v2".into(),
+                sdp: "o".into(),
+            },
+            now(),
+        );
         assert_eq!(code(&out), "not-allowed");
         // Reject is relayed as an error from the camera.
-        let out = r.handle(&"cam".into(), ClientMessage::Reject { to: "v2".into(), code: "max-viewers".into(), message: "full".into() }, now());
-        assert_eq!(out, vec![("v2".into(), ServerMessage::Error { code: "max-viewers".into(), message: "full".into(), from: Some("cam".into()) })]);
+        let out = r.handle(
+            &"cam".into(),
+            ClientMessage::Reject {
+                to: "v2".into(),
+                code: "max-viewers".into(),
+                message: "full".into(),
+            },
+            now(),
+        );
+        assert_eq!(
+            out,
+            vec![(
+                "v2".into(),
+                ServerMessage::Error {
+                    code: "max-viewers".into(),
+                    message: "full".into(),
+                    from: Some("cam".into())
+                }
+            )]
+        );
     }
 
     #[test]
@@ -320,9 +564,23 @@ mod tests {
         let mut r = router(&["*"]);
         join(&mut r, "cam", "a", Role::Camera, None);
         join(&mut r, "v", "b", Role::Viewer, None);
-        let out = r.handle(&"v".into(), ClientMessage::Offer { to: "cam".into(), sdp: "o".into() }, now());
+        let out = r.handle(
+            &"v".into(),
+            ClientMessage::Offer {
+                to: "cam".into(),
+                sdp: "o".into(),
+            },
+            now(),
+        );
         assert_eq!(code(&out), "unknown-peer");
-        let out = r.handle(&"v".into(), ClientMessage::Offer { to: "nobody".into(), sdp: "o".into() }, now());
+        let out = r.handle(
+            &"v".into(),
+            ClientMessage::Offer {
+                to: "nobody".into(),
+                sdp: "o".into(),
+            },
+            now(),
+        );
         assert_eq!(code(&out), "unknown-peer");
     }
 
@@ -333,13 +591,28 @@ mod tests {
         join(&mut r, "v1", "lab", Role::Viewer, None);
         join(&mut r, "v2", "lab", Role::Viewer, None);
         let out = r.handle(&"v1".into(), ClientMessage::Exit {}, now());
-        let exit = |from: &str| ServerMessage::Exit { from: from.into(), room: "lab".into() };
-        assert_eq!(out, vec![("cam".into(), exit("v1")), ("v2".into(), exit("v1"))]);
+        let exit = |from: &str| ServerMessage::Exit {
+            from: from.into(),
+            room: "lab".into(),
+        };
+        assert_eq!(
+            out,
+            vec![("cam".into(), exit("v1")), ("v2".into(), exit("v1"))]
+        );
         // v1 may join again after exit.
-        assert!(matches!(join(&mut r, "v1", "lab", Role::Viewer, None)[0].1, ServerMessage::Created { .. }));
+        assert!(matches!(
+            join(&mut r, "v1", "lab", Role::Viewer, None)[0].1,
+            ServerMessage::Created { .. }
+        ));
         let out = r.disconnect(&"cam".into());
-        assert_eq!(out, vec![("v2".into(), exit("cam")), ("v1".into(), exit("cam"))]);
-        assert!(r.disconnect(&"cam".into()).is_empty(), "second disconnect is a no-op");
+        assert_eq!(
+            out,
+            vec![("v2".into(), exit("cam")), ("v1".into(), exit("cam"))]
+        );
+        assert!(
+            r.disconnect(&"cam".into()).is_empty(),
+            "second disconnect is a no-op"
+        );
         r.disconnect(&"v1".into());
         r.disconnect(&"v2".into());
         assert_eq!(r.room_count(), 0, "empty rooms are forgotten");
@@ -349,35 +622,107 @@ mod tests {
     #[test]
     fn messages_before_join_and_double_join() {
         let mut r = router(&["lab"]);
-        assert_eq!(code(&r.handle(&"x".into(), ClientMessage::Offer { to: "y".into(), sdp: "".into() }, now())), "not-joined");
-        assert_eq!(code(&r.handle(&"x".into(), ClientMessage::Exit {}, now())), "not-joined");
+        assert_eq!(
+            code(&r.handle(
+                &"x".into(),
+                ClientMessage::Offer {
+                    to: "y".into(),
+                    sdp: "".into()
+                },
+                now()
+            )),
+            "not-joined"
+        );
+        assert_eq!(
+            code(&r.handle(&"x".into(), ClientMessage::Exit {}, now())),
+            "not-joined"
+        );
         join(&mut r, "x", "lab", Role::Viewer, None);
-        assert_eq!(code(&join(&mut r, "x", "lab", Role::Viewer, None)), "already-joined");
+        assert_eq!(
+            code(&join(&mut r, "x", "lab", Role::Viewer, None)),
+            "already-joined"
+        );
         assert_eq!(code(&join(&mut r, "y", "", Role::Viewer, None)), "bad-room");
-        assert_eq!(code(&join(&mut r, "y", "a/b", Role::Viewer, None)), "bad-room");
-        assert_eq!(code(&join(&mut r, "y", &"a".repeat(65), Role::Viewer, None)), "bad-room");
+        assert_eq!(
+            code(&join(&mut r, "y", "a/b", Role::Viewer, None)),
+            "bad-room"
+        );
+        assert_eq!(
+            code(&join(&mut r, "y", &"a".repeat(65), Role::Viewer, None)),
+            "bad-room"
+        );
     }
 
     #[test]
     fn tokens_guard_protected_rooms() {
         let mut r = router(&["open"]);
-        assert_eq!(code(&join(&mut r, "a", "secret", Role::Viewer, None)), "token-required");
-        assert_eq!(code(&join(&mut r, "a", "secret", Role::Viewer, Some("junk".into()))), "bad-token");
+        assert_eq!(
+            code(&join(&mut r, "a", "secret", Role::Viewer, None)),
+            "token-required"
+        );
+        assert_eq!(
+            code(&join(
+                &mut r,
+                "a",
+                "secret",
+                Role::Viewer,
+                Some("junk".into())
+            )),
+            "bad-token"
+        );
         let ttl = Duration::from_secs(60);
         let viewer = key().sign("secret", Role::Viewer, ttl, now());
         // A viewer token never admits a camera.
-        assert_eq!(code(&join(&mut r, "a", "secret", Role::Camera, Some(viewer.clone()))), "bad-token");
+        assert_eq!(
+            code(&join(
+                &mut r,
+                "a",
+                "secret",
+                Role::Camera,
+                Some(viewer.clone())
+            )),
+            "bad-token"
+        );
         // Nor a viewer into another room.
-        assert_eq!(code(&join(&mut r, "a", "other", Role::Viewer, Some(viewer.clone()))), "bad-token");
-        let expired = key().sign("secret", Role::Viewer, ttl, now() - Duration::from_secs(120));
-        assert_eq!(code(&join(&mut r, "a", "secret", Role::Viewer, Some(expired))), "token-expired");
+        assert_eq!(
+            code(&join(
+                &mut r,
+                "a",
+                "other",
+                Role::Viewer,
+                Some(viewer.clone())
+            )),
+            "bad-token"
+        );
+        let expired = key().sign(
+            "secret",
+            Role::Viewer,
+            ttl,
+            now() - Duration::from_secs(120),
+        );
+        assert_eq!(
+            code(&join(&mut r, "a", "secret", Role::Viewer, Some(expired))),
+            "token-expired"
+        );
         let forged = TokenKey::new(b"guess".to_vec()).sign("secret", Role::Viewer, ttl, now());
-        assert_eq!(code(&join(&mut r, "a", "secret", Role::Viewer, Some(forged))), "bad-token");
-        assert!(matches!(join(&mut r, "a", "secret", Role::Viewer, Some(viewer))[0].1, ServerMessage::Created { .. }));
+        assert_eq!(
+            code(&join(&mut r, "a", "secret", Role::Viewer, Some(forged))),
+            "bad-token"
+        );
+        assert!(matches!(
+            join(&mut r, "a", "secret", Role::Viewer, Some(viewer))[0].1,
+            ServerMessage::Created { .. }
+        ));
         let cam = key().sign("secret", Role::Camera, ttl, now());
-        assert!(matches!(join(&mut r, "c", "secret", Role::Camera, Some(cam))[0].1, ServerMessage::Created { .. }));
+        assert!(matches!(
+            join(&mut r, "c", "secret", Role::Camera, Some(cam))[0].1,
+            ServerMessage::Created { .. }
+        ));
         // Open rooms need none.
-        assert!(matches!(join(&mut r, "b", "open", Role::Camera, None)[0].1, ServerMessage::Created { .. }));
+        assert!(matches!(
+            join(&mut r, "b", "open", Role::Camera, None)[0].1,
+            ServerMessage::Created { .. }
+        ));
     }
 
     #[test]
@@ -386,12 +731,21 @@ mod tests {
         for i in 0..4 {
             join(&mut r, &format!("v{i}"), "a", Role::Viewer, None);
         }
-        assert_eq!(code(&join(&mut r, "v4", "a", Role::Viewer, None)), "room-full");
+        assert_eq!(
+            code(&join(&mut r, "v4", "a", Role::Viewer, None)),
+            "room-full"
+        );
         join(&mut r, "w", "b", Role::Viewer, None);
-        assert_eq!(code(&join(&mut r, "z", "c", Role::Viewer, None)), "too-many-rooms");
+        assert_eq!(
+            code(&join(&mut r, "z", "c", Role::Viewer, None)),
+            "too-many-rooms"
+        );
         // Joining an existing room is still fine at the room limit.
         r.disconnect(&"v0".into());
-        assert!(matches!(join(&mut r, "z", "a", Role::Viewer, None)[0].1, ServerMessage::Created { .. }));
+        assert!(matches!(
+            join(&mut r, "z", "a", Role::Viewer, None)[0].1,
+            ServerMessage::Created { .. }
+        ));
     }
 
     #[test]
@@ -399,7 +753,12 @@ mod tests {
         let mut r = router(&["*"]);
         let out = r.handle(
             &"a".into(),
-            ClientMessage::Join { room: "r".into(), role: Role::Camera, token: None, name: Some(format!("x\u{7}y{}", "z".repeat(100))) },
+            ClientMessage::Join {
+                room: "r".into(),
+                role: Role::Camera,
+                token: None,
+                name: Some(format!("x\u{7}y{}", "z".repeat(100))),
+            },
             now(),
         );
         assert!(matches!(&out[0].1, ServerMessage::Created { .. }));

@@ -6,18 +6,18 @@
 //! queue. The hub never waits on a socket: a peer whose queue is full is disconnected, so one slow
 //! client never stalls the others.
 
-use super::protocol::{parse_client, ClientMessage, ErrorCode, PeerId};
+use super::protocol::{ClientMessage, ErrorCode, PeerId, parse_client};
 use super::router::Router;
 use super::web;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -67,10 +67,20 @@ struct Counters {
 }
 
 enum HubEvent {
-    Connect { id: PeerId, tx: mpsc::Sender<String> },
-    Message { id: PeerId, msg: ClientMessage },
-    Disconnect { id: PeerId },
-    Stats { reply: oneshot::Sender<HubStats> },
+    Connect {
+        id: PeerId,
+        tx: mpsc::Sender<String>,
+    },
+    Message {
+        id: PeerId,
+        msg: ClientMessage,
+    },
+    Disconnect {
+        id: PeerId,
+    },
+    Stats {
+        reply: oneshot::Sender<HubStats>,
+    },
 }
 
 /// A snapshot of the hub's state.
@@ -105,7 +115,10 @@ pub struct SignalServer {
 }
 
 /// Load a PEM certificate chain and key for https/wss (rustls on the ring provider).
-pub async fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> std::io::Result<axum_server::tls_rustls::RustlsConfig> {
+pub async fn load_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> std::io::Result<axum_server::tls_rustls::RustlsConfig> {
     // Installing twice is harmless; the first provider stays.
     let _ = rustls::crypto::ring::default_provider().install_default();
     axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await
@@ -138,13 +151,35 @@ impl SignalServer {
         let app = axum::Router::new()
             .route("/", get(|| async { Html(web::INDEX_HTML) }))
             .route("/room/{name}", get(room_page))
-            .route("/viewer.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], web::VIEWER_JS) }))
-            .route("/style.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], web::STYLE_CSS) }))
+            .route(
+                "/viewer.js",
+                get(|| async {
+                    (
+                        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                        web::VIEWER_JS,
+                    )
+                }),
+            )
+            .route(
+                "/style.css",
+                get(|| async {
+                    (
+                        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+                        web::STYLE_CSS,
+                    )
+                }),
+            )
             .route("/ws", get(ws_upgrade))
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics))
             .with_state(state);
-        let server = SignalServer { local_addr, hub: hub_tx, app, shutdown, tasks: tasks.clone() };
+        let server = SignalServer {
+            local_addr,
+            hub: hub_tx,
+            app,
+            shutdown,
+            tasks: tasks.clone(),
+        };
         tracing::info!(%local_addr, tls = tls.is_some(), "signaling server listening");
         match tls {
             None => server.listen_plain(listener),
@@ -159,17 +194,25 @@ impl SignalServer {
         let app = self.app.clone();
         let shutdown = self.shutdown.clone();
         self.tasks.spawn(async move {
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+            {
                 tracing::error!(error = %e, "signaling server stopped");
             }
         });
     }
 
-    fn listen_tls(&self, listener: tokio::net::TcpListener, tls: axum_server::tls_rustls::RustlsConfig) -> std::io::Result<()> {
+    fn listen_tls(
+        &self,
+        listener: tokio::net::TcpListener,
+        tls: axum_server::tls_rustls::RustlsConfig,
+    ) -> std::io::Result<()> {
         let app = self.app.clone();
         let shutdown = self.shutdown.clone();
         let handle = axum_server::Handle::new();
-        let server = axum_server::from_tcp_rustls(listener.into_std()?, tls)?.handle(handle.clone());
+        let server =
+            axum_server::from_tcp_rustls(listener.into_std()?, tls)?.handle(handle.clone());
         self.tasks.spawn(async move {
             tokio::select! {
                 r = server.serve(app.into_make_service()) => if let Err(e) = r {
@@ -197,14 +240,22 @@ async fn room_page(Path(name): Path<String>) -> Response {
     if super::router::valid_room(&name) {
         Html(web::ROOM_HTML).into_response()
     } else {
-        (StatusCode::NOT_FOUND, "no such room name: 1-64 characters of A-Z a-z 0-9 _ - .").into_response()
+        (
+            StatusCode::NOT_FOUND,
+            "no such room name: 1-64 characters of A-Z a-z 0-9 _ - .",
+        )
+            .into_response()
     }
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
     match state.observer.health() {
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {reason}\n")).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {reason}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -261,7 +312,11 @@ async fn hub_loop(
                 router.disconnect(&id)
             }
             HubEvent::Stats { reply } => {
-                let _ = reply.send(HubStats { connections: conns.len(), rooms: router.room_count(), members: router.member_count() });
+                let _ = reply.send(HubStats {
+                    connections: conns.len(),
+                    rooms: router.room_count(),
+                    members: router.member_count(),
+                });
                 continue;
             }
         };
@@ -315,10 +370,16 @@ struct RateLimit {
 impl RateLimit {
     fn new(per_second: u32) -> Self {
         let rate = per_second as f64;
-        Self { tokens: rate * 2.0, rate, burst: rate * 2.0, last: Instant::now() }
+        Self {
+            tokens: rate * 2.0,
+            rate,
+            burst: rate * 2.0,
+            last: Instant::now(),
+        }
     }
     fn allow(&mut self, now: Instant) -> bool {
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -331,9 +392,20 @@ impl RateLimit {
 
 async fn connection(socket: WebSocket, state: AppState) {
     let id = new_peer_id();
-    state.counters.connections_total.fetch_add(1, Ordering::Relaxed);
+    state
+        .counters
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel::<String>(OUTGOING_QUEUE);
-    if state.hub.send(HubEvent::Connect { id: id.clone(), tx: tx.clone() }).await.is_err() {
+    if state
+        .hub
+        .send(HubEvent::Connect {
+            id: id.clone(),
+            tx: tx.clone(),
+        })
+        .await
+        .is_err()
+    {
         return;
     }
     let (mut sink, mut stream) = socket.split();
@@ -381,7 +453,10 @@ async fn connection(socket: WebSocket, state: AppState) {
         let text = match frame {
             Message::Text(t) => t,
             Message::Binary(_) => {
-                send_own(ErrorCode::BadJson.message("binary frames are not part of the protocol; send JSON text"));
+                send_own(
+                    ErrorCode::BadJson
+                        .message("binary frames are not part of the protocol; send JSON text"),
+                );
                 continue;
             }
             Message::Close(_) => break,
@@ -411,7 +486,15 @@ async fn connection(socket: WebSocket, state: AppState) {
         }
         match parse_client(text.as_str()) {
             Ok(msg) => {
-                if state.hub.send(HubEvent::Message { id: id.clone(), msg }).await.is_err() {
+                if state
+                    .hub
+                    .send(HubEvent::Message {
+                        id: id.clone(),
+                        msg,
+                    })
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -423,7 +506,10 @@ async fn connection(socket: WebSocket, state: AppState) {
     // The writer ends by itself once the hub has dropped its sender too and the queue is
     // flushed; give it a moment, then stop it.
     let mut writer = writer;
-    if tokio::time::timeout(Duration::from_secs(1), &mut writer).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(1), &mut writer)
+        .await
+        .is_err()
+    {
         writer_stop.cancel();
         let _ = writer.await;
     }

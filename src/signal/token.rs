@@ -59,13 +59,17 @@ impl std::fmt::Debug for TokenKey {
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl TokenKey {
     /// A key from the shared secret.
     pub fn new(secret: impl Into<Vec<u8>>) -> Self {
-        Self { secret: secret.into() }
+        Self {
+            secret: secret.into(),
+        }
     }
 
     fn mac(&self) -> HmacSha256 {
@@ -89,18 +93,28 @@ impl TokenKey {
     }
 
     /// Check `token` for `role` in `room` at `now`.
-    pub fn verify(&self, token: &str, room: &str, role: Role, now: SystemTime) -> Result<Claims, TokenError> {
+    pub fn verify(
+        &self,
+        token: &str,
+        room: &str,
+        role: Role,
+        now: SystemTime,
+    ) -> Result<Claims, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Invalid);
         }
         let rest = token.strip_prefix(PREFIX).ok_or(TokenError::Invalid)?;
         let (payload, sig) = rest.split_once('.').ok_or(TokenError::Invalid)?;
-        let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| TokenError::Invalid)?;
+        let sig = URL_SAFE_NO_PAD
+            .decode(sig)
+            .map_err(|_| TokenError::Invalid)?;
         let mut mac = self.mac();
         mac.update(payload.as_bytes());
         // Constant-time comparison.
         mac.verify_slice(&sig).map_err(|_| TokenError::Invalid)?;
-        let json = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Invalid)?;
+        let json = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| TokenError::Invalid)?;
         let claims: Claims = serde_json::from_slice(&json).map_err(|_| TokenError::Invalid)?;
         if claims.room != "*" && claims.room != room {
             return Err(TokenError::WrongRoom(claims.room));
@@ -128,8 +142,16 @@ mod tests {
     fn round_trip_and_scope() {
         let key = TokenKey::new(b"s3cret".to_vec());
         let t = key.sign("garden", Role::Viewer, Duration::from_secs(60), at(1000));
-        assert_eq!(key.verify(&t, "garden", Role::Viewer, at(1059)).unwrap().exp, 1060);
-        assert_eq!(key.verify(&t, "garden", Role::Viewer, at(1060)), Err(TokenError::Expired(0)));
+        assert_eq!(
+            key.verify(&t, "garden", Role::Viewer, at(1059))
+                .unwrap()
+                .exp,
+            1060
+        );
+        assert_eq!(
+            key.verify(&t, "garden", Role::Viewer, at(1060)),
+            Err(TokenError::Expired(0))
+        );
         assert_eq!(
             key.verify(&t, "garden", Role::Camera, at(1001)),
             Err(TokenError::WrongRole(Role::Viewer))
@@ -147,16 +169,25 @@ mod tests {
         let key = TokenKey::new(b"s3cret".to_vec());
         let other = TokenKey::new(b"other".to_vec());
         let t = other.sign("garden", Role::Viewer, Duration::from_secs(60), at(1000));
-        assert_eq!(key.verify(&t, "garden", Role::Viewer, at(1001)), Err(TokenError::Invalid));
+        assert_eq!(
+            key.verify(&t, "garden", Role::Viewer, at(1001)),
+            Err(TokenError::Invalid)
+        );
         // Swap in a payload that claims the camera role, keeping the viewer signature.
         let good = key.sign("garden", Role::Viewer, Duration::from_secs(60), at(1000));
         let cam = key.sign("garden", Role::Camera, Duration::from_secs(60), at(1000));
         let (_, sig) = good.rsplit_once('.').unwrap();
         let (payload, _) = cam.rsplit_once('.').unwrap();
         let forged = format!("{payload}.{sig}");
-        assert_eq!(key.verify(&forged, "garden", Role::Camera, at(1001)), Err(TokenError::Invalid));
+        assert_eq!(
+            key.verify(&forged, "garden", Role::Camera, at(1001)),
+            Err(TokenError::Invalid)
+        );
         for junk in ["", "v1.", "v1..", "v2.a.b", "v1.!!.??", &"v1.a".repeat(400)] {
-            assert_eq!(key.verify(junk, "garden", Role::Viewer, at(1001)), Err(TokenError::Invalid));
+            assert_eq!(
+                key.verify(junk, "garden", Role::Viewer, at(1001)),
+                Err(TokenError::Invalid)
+            );
         }
     }
 }

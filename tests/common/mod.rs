@@ -16,7 +16,11 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("campeer-test-{tag}-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+        let p = std::env::temp_dir().join(format!(
+            "campeer-test-{tag}-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         std::fs::create_dir_all(&p).expect("create temp dir");
         TempDir(p)
     }
@@ -68,7 +72,11 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_campeer")
 }
 
-fn pump(stream: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<String>>>, echo: &'static str) {
+fn pump(
+    stream: impl std::io::Read + Send + 'static,
+    into: Arc<Mutex<Vec<String>>>,
+    echo: &'static str,
+) {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
             if std::env::var_os("CAMPEER_TEST_VERBOSE").is_some() {
@@ -87,7 +95,10 @@ impl Campeer {
         let dir = TempDir::new("campeer");
         let mut cmd = Command::new(bin());
         cmd.args(args)
-            .env("CAMPEER__SERVER__SECRET_FILE", format!("\"{}\"", dir.path().join("secret").display()))
+            .env(
+                "CAMPEER__SERVER__SECRET_FILE",
+                format!("\"{}\"", dir.path().join("secret").display()),
+            )
             .env("CAMPEER__CAMERA__RTC_BIND", "[\"127.0.0.1:0\"]")
             // Tests send nothing beyond loopback: no multicast DNS queries.
             .env("CAMPEER__CAMERA__MDNS", "false")
@@ -103,9 +114,22 @@ impl Campeer {
         let mut child = cmd.spawn().expect("spawn campeer");
         let out = Arc::new(Mutex::new(Vec::new()));
         let err = Arc::new(Mutex::new(Vec::new()));
-        pump(child.stdout.take().expect("stdout piped"), out.clone(), "out");
-        pump(child.stderr.take().expect("stderr piped"), err.clone(), "err");
-        Campeer { child, out, err, dir }
+        pump(
+            child.stdout.take().expect("stdout piped"),
+            out.clone(),
+            "out",
+        );
+        pump(
+            child.stderr.take().expect("stderr piped"),
+            err.clone(),
+            "err",
+        );
+        Campeer {
+            child,
+            out,
+            err,
+            dir,
+        }
     }
 
     /// Wait for a stdout line containing `needle`; panics with the logs after `timeout`.
@@ -116,10 +140,16 @@ impl Campeer {
                 return l.clone();
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("campeer exited ({status}) before printing {needle:?}\n{}", self.logs());
+                panic!(
+                    "campeer exited ({status}) before printing {needle:?}\n{}",
+                    self.logs()
+                );
             }
             if Instant::now() > deadline {
-                panic!("campeer did not print {needle:?} within {timeout:?}\n{}", self.logs());
+                panic!(
+                    "campeer did not print {needle:?} within {timeout:?}\n{}",
+                    self.logs()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -133,7 +163,10 @@ impl Campeer {
                 return l.clone();
             }
             if Instant::now() > deadline {
-                panic!("campeer did not log {needle:?} within {timeout:?}\n{}", self.logs());
+                panic!(
+                    "campeer did not log {needle:?} within {timeout:?}\n{}",
+                    self.logs()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -216,28 +249,47 @@ impl Browser {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
         own_group_dying_with_parent(&mut cmd);
-        let child = cmd.spawn().expect("spawn chromium (apt-get install chromium)");
+        let child = cmd
+            .spawn()
+            .expect("spawn chromium (apt-get install chromium)");
         let port_file = profile.path().join("DevToolsActivePort");
         let deadline = Instant::now() + Duration::from_secs(30);
         let (port, ws_path) = loop {
             if let Ok(text) = std::fs::read_to_string(&port_file) {
                 let mut lines = text.lines();
-                if let (Some(p), Some(path)) = (lines.next().and_then(|l| l.trim().parse::<u16>().ok()), lines.next()) {
+                if let (Some(p), Some(path)) = (
+                    lines.next().and_then(|l| l.trim().parse::<u16>().ok()),
+                    lines.next(),
+                ) {
                     break (p, path.trim().to_owned());
                 }
             }
-            assert!(Instant::now() < deadline, "chromium did not open its DevTools port");
+            assert!(
+                Instant::now() < deadline,
+                "chromium did not open its DevTools port"
+            );
             std::thread::sleep(Duration::from_millis(50));
         };
-        Browser { child, port, ws_path, _profile: profile }
+        Browser {
+            child,
+            port,
+            ws_path,
+            _profile: profile,
+        }
     }
 
     /// Open a new tab at `url`.
     pub async fn open(&self, url: &str) -> Page {
         let mut b = Cdp::connect(&format!("ws://127.0.0.1:{}{}", self.port, self.ws_path)).await;
-        let r = b.call("Target.createTarget", json!({ "url": "about:blank" })).await;
+        let r = b
+            .call("Target.createTarget", json!({ "url": "about:blank" }))
+            .await;
         let target = r["targetId"].as_str().expect("targetId").to_owned();
-        let mut page = Cdp::connect(&format!("ws://127.0.0.1:{}/devtools/page/{target}", self.port)).await;
+        let mut page = Cdp::connect(&format!(
+            "ws://127.0.0.1:{}/devtools/page/{target}",
+            self.port
+        ))
+        .await;
         page.call("Page.enable", json!({})).await;
         page.call("Runtime.enable", json!({})).await;
         page.call("Page.navigate", json!({ "url": url })).await;
@@ -252,7 +304,8 @@ impl Drop for Browser {
     }
 }
 
-type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A minimal Chrome DevTools Protocol client.
 pub struct Cdp {
@@ -263,15 +316,24 @@ pub struct Cdp {
 
 impl Cdp {
     pub async fn connect(url: &str) -> Cdp {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect to devtools");
-        Cdp { ws, next: 1, events: Vec::new() }
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect to devtools");
+        Cdp {
+            ws,
+            next: 1,
+            events: Vec::new(),
+        }
     }
 
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
         let id = self.next;
         self.next += 1;
         let msg = json!({ "id": id, "method": method, "params": params }).to_string();
-        self.ws.send(Message::Text(msg.into())).await.expect("devtools send");
+        self.ws
+            .send(Message::Text(msg.into()))
+            .await
+            .expect("devtools send");
         loop {
             let m = tokio::time::timeout(Duration::from_secs(60), self.ws.next())
                 .await
@@ -336,7 +398,10 @@ impl Page {
     pub async fn eval(&mut self, expr: &str) -> Value {
         let r = self
             .cdp
-            .call("Runtime.evaluate", json!({ "expression": expr, "awaitPromise": true, "returnByValue": true }))
+            .call(
+                "Runtime.evaluate",
+                json!({ "expression": expr, "awaitPromise": true, "returnByValue": true }),
+            )
             .await;
         if let Some(ex) = r.get("exceptionDetails") {
             panic!("page script failed: {ex}");
@@ -359,31 +424,52 @@ impl Page {
                 return t.clone();
             }
             if Instant::now() > deadline {
-                let page_text = self.eval("document.body ? document.body.innerText : ''").await;
-                panic!("no tile decoded {frames} frames within {timeout:?}; tiles: {last:?}; page: {page_text}");
+                let page_text = self
+                    .eval("document.body ? document.body.innerText : ''")
+                    .await;
+                panic!(
+                    "no tile decoded {frames} frames within {timeout:?}; tiles: {last:?}; page: {page_text}"
+                );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
     pub async fn reload(&mut self) {
-        self.cdp.call("Page.reload", json!({ "ignoreCache": true })).await;
+        self.cdp
+            .call("Page.reload", json!({ "ignoreCache": true }))
+            .await;
     }
 
     /// The page's visible text.
     pub async fn text(&mut self) -> String {
-        self.eval("document.body ? document.body.innerText : ''").await.as_str().unwrap_or("").to_owned()
+        self.eval("document.body ? document.body.innerText : ''")
+            .await
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
     }
 }
 
 /// Start `campeer run` on the test pattern + test tone at 1280x720@30 with its embedded server
 /// on a free loopback port, and return it with the room URL it printed.
 pub fn start_camera(extra_args: &[&str], env: &[(&str, &str)]) -> (Campeer, String) {
-    let mut args = vec!["run", "--video", "test", "--audio", "test", "--listen", "127.0.0.1:0"];
+    let mut args = vec![
+        "run",
+        "--video",
+        "test",
+        "--audio",
+        "test",
+        "--listen",
+        "127.0.0.1:0",
+    ];
     args.extend_from_slice(extra_args);
     // Defaults first: a test's own values come later and win.
-    let mut all: Vec<(&str, &str)> =
-        vec![("CAMPEER__VIDEO__WIDTH", "1280"), ("CAMPEER__VIDEO__HEIGHT", "720"), ("CAMPEER__VIDEO__FRAMERATE", "30")];
+    let mut all: Vec<(&str, &str)> = vec![
+        ("CAMPEER__VIDEO__WIDTH", "1280"),
+        ("CAMPEER__VIDEO__HEIGHT", "720"),
+        ("CAMPEER__VIDEO__FRAMERATE", "30"),
+    ];
     all.extend_from_slice(env);
     let env = all;
     let mut c = Campeer::start(&args, &env);

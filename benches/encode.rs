@@ -1,0 +1,131 @@
+//! Encode benchmark (a command, not a test): `cargo bench --bench encode`.
+//!
+//! For x264enc and openh264enc at 640x480, 1280x720 and 1920x1080 @30 fps, each in a fresh
+//! process: CPU (% of one core, utime+stime over 10 s after a 2 s warm-up) and RSS of campeer's
+//! whole media pipeline (test pattern with clock overlay → encoder → appsink → fan-out with one
+//! consumer), and keyframe-request → keyframe latency (5 requests, 1.1 s apart).
+
+use campeer::media::encoder::EncodeSettings;
+use campeer::media::pipeline::{MediaPipeline, MediaSettings};
+use campeer::media::source::{AudioSource, VideoSource};
+use std::time::{Duration, Instant};
+
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the ")" of the command name: utime is field 14, stime 15 (1-based).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn status_kb(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn one(encoder: &str, width: u32, height: u32) {
+    let settings = MediaSettings {
+        video: VideoSource::Test,
+        audio: AudioSource::None,
+        encoder: encoder.into(),
+        encode: EncodeSettings {
+            width,
+            height,
+            framerate: 30,
+            bitrate_kbps: (width * height / 400).max(500),
+            gop: 60,
+        },
+        audio_bitrate_kbps: 64,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let p = MediaPipeline::build(&settings).expect("build");
+        let mut rx = p.video.subscribe();
+        p.start(Duration::from_secs(10)).expect("start");
+        let frames = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = frames.clone();
+        let drain = tokio::spawn(async move {
+            while let Ok(_f) = rx.recv().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (t0, c0, f0) = (Instant::now(), cpu_ticks(), frames.load(std::sync::atomic::Ordering::Relaxed));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let ticks = cpu_ticks() - c0;
+        let secs = t0.elapsed().as_secs_f64();
+        let fps = (frames.load(std::sync::atomic::Ordering::Relaxed) - f0) as f64 / secs;
+        // SAFETY: sysconf is always safe to call.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let cpu = ticks as f64 / hz / secs * 100.0;
+        let mut kf = Vec::new();
+        let mut krx = p.video.subscribe();
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            krx = krx.resubscribe();
+            let t = Instant::now();
+            p.keyframes.request();
+            loop {
+                match tokio::time::timeout(Duration::from_secs(5), krx.recv()).await {
+                    Ok(Ok(f)) if f.keyframe => break,
+                    Ok(Ok(_)) => continue,
+                    _ => break,
+                }
+            }
+            kf.push(t.elapsed());
+        }
+        kf.sort();
+        println!(
+            "{encoder:<12} {width:>4}x{height:<4}@30  {:>6.1} % of a core  RSS {:>6.1} MB (peak {:>6.1} MB)  {fps:>5.1} fps out  keyframe after request: median {:>5.1} ms, max {:>5.1} ms",
+            cpu,
+            status_kb("VmRSS:") as f64 / 1024.0,
+            status_kb("VmHWM:") as f64 / 1024.0,
+            kf[kf.len() / 2].as_secs_f64() * 1e3,
+            kf.last().unwrap().as_secs_f64() * 1e3,
+        );
+        p.stop();
+        drain.abort();
+    });
+}
+
+fn main() {
+    // Child mode: one configuration.
+    if let Ok(spec) = std::env::var("CAMPEER_BENCH_ONE") {
+        let parts: Vec<&str> = spec.split_whitespace().collect();
+        one(
+            parts[0],
+            parts[1].parse().unwrap(),
+            parts[2].parse().unwrap(),
+        );
+        return;
+    }
+    println!(
+        "campeer encode benchmark: test pattern + clock → encoder → fan-out; {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    let me = std::env::current_exe().expect("own path");
+    for encoder in ["x264enc", "openh264enc"] {
+        for (w, h) in [(640, 480), (1280, 720), (1920, 1080)] {
+            let status = std::process::Command::new(&me)
+                .env("CAMPEER_BENCH_ONE", format!("{encoder} {w} {h}"))
+                .status();
+            if !matches!(status, Ok(s) if s.success()) {
+                println!("{encoder} {w}x{h}: failed ({status:?})");
+            }
+        }
+    }
+}
