@@ -55,7 +55,7 @@ async fn recv(ws: &mut Ws) -> Value {
 }
 
 async fn join(url: &str, room: &str, role: &str) -> (Ws, String) {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
         .await
         .expect("connect");
     ws.send(Message::Text(

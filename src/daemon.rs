@@ -4,6 +4,7 @@
 //! pipeline after device faults, and shutdown: on SIGTERM or Ctrl-C every task is cancelled and
 //! waited for, viewers get `exit`, the pipeline goes to NULL.
 
+use crate::camera::peer::PeerStats;
 use crate::camera::{self, CameraAuth, CameraSettings, CameraState};
 use crate::config::{Config, TransportPolicy};
 use crate::media::encoder::EncodeSettings;
@@ -251,26 +252,29 @@ impl Observer for CameraObserver {
             self.camera.viewers_refused.load(Ordering::Relaxed),
         );
         if let Ok(viewers) = self.camera.viewers.lock() {
-            out.push_str("# TYPE campeer_viewer_frames_sent_total counter\n");
-            for (id, v) in viewers.iter() {
-                out.push_str(&format!(
-                    "campeer_viewer_frames_sent_total{{viewer=\"{id}\"}} {}\n",
-                    v.frames_sent.load(Ordering::Relaxed)
-                ));
-            }
-            out.push_str("# TYPE campeer_viewer_frames_skipped_total counter\n");
-            for (id, v) in viewers.iter() {
-                out.push_str(&format!(
-                    "campeer_viewer_frames_skipped_total{{viewer=\"{id}\"}} {}\n",
-                    v.frames_skipped.load(Ordering::Relaxed)
-                ));
-            }
-            out.push_str("# TYPE campeer_viewer_pli_total counter\n");
-            for (id, v) in viewers.iter() {
-                out.push_str(&format!(
-                    "campeer_viewer_pli_total{{viewer=\"{id}\"}} {}\n",
-                    v.keyframe_requests.load(Ordering::Relaxed)
-                ));
+            type Metric = (&'static str, &'static str, fn(&PeerStats) -> f64);
+            const PER_VIEWER: &[Metric] = &[
+                ("campeer_viewer_frames_sent_total", "counter", |v| {
+                    v.frames_sent.load(Ordering::Relaxed) as f64
+                }),
+                ("campeer_viewer_frames_skipped_total", "counter", |v| {
+                    v.frames_skipped.load(Ordering::Relaxed) as f64
+                }),
+                ("campeer_viewer_pli_total", "counter", |v| {
+                    v.keyframe_requests.load(Ordering::Relaxed) as f64
+                }),
+                ("campeer_viewer_rtt_seconds", "gauge", |v| {
+                    v.rtt_us.load(Ordering::Relaxed) as f64 / 1e6
+                }),
+                ("campeer_viewer_video_loss_ratio", "gauge", |v| {
+                    v.loss_ppm.load(Ordering::Relaxed) as f64 / 1e6
+                }),
+            ];
+            for (name, kind, value) in PER_VIEWER {
+                out.push_str(&format!("# TYPE {name} {kind}\n"));
+                for (id, v) in viewers.iter() {
+                    out.push_str(&format!("{name}{{viewer=\"{id}\"}} {}\n", value(v)));
+                }
             }
         }
         out
@@ -310,55 +314,73 @@ fn host_name() -> String {
         .unwrap_or_else(|_| "campeer".into())
 }
 
-/// Watch the pipeline's bus: on an error (device unplugged, busy, I/O error), log it with the
-/// element that failed and restart the pipeline with backoff until it plays again.
+/// What a bus message says went wrong, if anything.
+fn pipeline_problem(msg: &gstreamer::Message) -> Option<String> {
+    use gstreamer::MessageView;
+    use gstreamer::prelude::GstObjectExt;
+    match msg.view() {
+        MessageView::Error(e) => {
+            let src = msg.src().map(|s| s.name().to_string()).unwrap_or_default();
+            let debug = e.debug().map(|d| d.to_string()).unwrap_or_default();
+            Some(format!("{src}: {} ({debug})", e.error()))
+        }
+        MessageView::Eos(_) => Some("end of stream from the source".to_owned()),
+        _ => None,
+    }
+}
+
+/// Keep the pipeline playing: on an error on its bus (device unplugged, busy, I/O error) or
+/// end-of-stream, log it with the element that failed, and restart the pipeline with backoff
+/// until it plays again. The daemon never exits for a device fault.
 fn spawn_media_supervisor(
     media: Arc<MediaPipeline>,
     tasks: &TaskTracker,
     shutdown: CancellationToken,
+    mut playing: bool,
 ) {
     let Some(bus) = media.bus() else { return };
     tasks.spawn(async move {
-        use futures_util::StreamExt;
-        use gstreamer::MessageView;
-        use gstreamer::prelude::GstObjectExt;
+        use futures_util::{FutureExt, StreamExt};
         let mut messages = bus.stream();
         let mut attempt = 0u32;
         loop {
-            let msg = tokio::select! {
-                m = messages.next() => match m { Some(m) => m, None => break },
+            if playing {
+                let msg = tokio::select! {
+                    m = messages.next() => match m { Some(m) => m, None => break },
+                    _ = shutdown.cancelled() => break,
+                };
+                if let Some(problem) = pipeline_problem(&msg) {
+                    tracing::error!(source = %media.source, %problem, "media pipeline failed; restarting it");
+                    media.stop();
+                    playing = false;
+                }
+                continue;
+            }
+            let wait = camera::backoff(attempt);
+            attempt = (attempt + 1).min(8);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.cancelled() => break,
-            };
-            let problem = match msg.view() {
-                MessageView::Error(e) => {
-                    let src = msg.src().map(|s| s.name().to_string()).unwrap_or_default();
-                    format!("{src}: {} ({})", e.error(), e.debug().map(|d| d.to_string()).unwrap_or_default())
+            }
+            // What the failed run left on the bus.
+            while let Some(Some(msg)) = messages.next().now_or_never() {
+                if let Some(problem) = pipeline_problem(&msg) {
+                    tracing::debug!(%problem, "earlier pipeline message");
                 }
-                MessageView::Eos(_) => "end of stream from the source".to_owned(),
-                _ => continue,
-            };
-            tracing::error!(source = %media.source, problem = %problem, "media pipeline failed; restarting it");
-            loop {
-                media.stop();
-                let wait = camera::backoff(attempt);
-                attempt = (attempt + 1).min(8);
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.cancelled() => return,
+            }
+            media.stop();
+            let m = media.clone();
+            match tokio::task::spawn_blocking(move || m.start(Duration::from_secs(5))).await {
+                Ok(Ok(())) => {
+                    tracing::info!(source = %media.source, "media pipeline playing again");
+                    attempt = 0;
+                    playing = true;
                 }
-                // Flush stale messages from the failed run.
-                while bus.pop().is_some() {}
-                let m = media.clone();
-                let started = tokio::task::spawn_blocking(move || m.start(Duration::from_secs(5))).await;
-                match started {
-                    Ok(Ok(())) => {
-                        tracing::info!(source = %media.source, "media pipeline playing again");
-                        attempt = 0;
-                        break;
-                    }
-                    Ok(Err(e)) => tracing::warn!(source = %media.source, error = %e, retry_in = ?camera::backoff(attempt), "media pipeline still failing"),
-                    Err(e) => tracing::warn!(error = %e, "pipeline restart task failed"),
-                }
+                Ok(Err(e)) => tracing::warn!(
+                    source = %media.source, error = %e, retry_in = ?camera::backoff(attempt),
+                    "media pipeline still failing"
+                ),
+                Err(e) => tracing::warn!(error = %e, "pipeline restart task failed"),
             }
         }
     });
@@ -385,15 +407,24 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         audio = %config.audio.source,
         "media pipeline built"
     );
-    {
+    let playing = {
         let m = media.clone();
-        tokio::task::spawn_blocking(move || m.start(Duration::from_secs(10)))
+        match tokio::task::spawn_blocking(move || m.start(Duration::from_secs(10)))
             .await
-            .map_err(|e| PipelineError::Init(e.to_string()))??;
-    }
+            .map_err(|e| PipelineError::Init(e.to_string()))?
+        {
+            Ok(()) => true,
+            Err(e) => {
+                // A camera that is missing or busy now may come back: keep serving the room
+                // (and /healthz, which reports the fault) and retry with backoff.
+                tracing::error!(source = %media.source, error = %e, "cannot start capture; retrying");
+                false
+            }
+        }
+    };
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    spawn_media_supervisor(media.clone(), &tasks, shutdown.clone());
+    spawn_media_supervisor(media.clone(), &tasks, shutdown.clone(), playing);
 
     let camera_state = Arc::new(CameraState::default());
     let embedded = config.camera.signal_url.is_empty();

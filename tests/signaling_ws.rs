@@ -487,3 +487,28 @@ async fn a_slow_client_is_dropped_and_never_stalls_the_room() {
     }
     drop(slow);
 }
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_and_its_peer_leaves() {
+    let s = server(
+        &["r"],
+        ConnLimits {
+            idle_timeout: Duration::from_secs(1),
+            ..limits()
+        },
+    )
+    .await;
+    let (mut cam, _) = Client::join(&s.url, "r", "camera", None).await;
+    let (idle, _) = Client::join(&s.url, "r", "viewer", None).await;
+    assert_eq!(cam.recv().await["type"], "joined");
+    // The viewer stops reading (so never answers pings); the camera keeps reading and stays.
+    let started = std::time::Instant::now();
+    let m = cam.recv().await;
+    assert_eq!(m, json!({"type": "exit", "from": idle.id, "room": "r"}));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    drop(idle);
+}

@@ -138,7 +138,7 @@ pub async fn run(
         let url = cam.settings.signal_url.clone();
         let connect = tokio::time::timeout(
             Duration::from_secs(10),
-            tokio_tungstenite::connect_async(url.as_str()),
+            tokio_tungstenite::connect_async_with_config(url.as_str(), None, true),
         );
         let ws = tokio::select! {
             r = connect => r,

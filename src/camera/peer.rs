@@ -115,6 +115,53 @@ pub struct PeerStats {
     pub keyframe_requests: AtomicU64,
     /// RTP write errors.
     pub send_errors: AtomicU64,
+    /// Round-trip time of the selected candidate pair, microseconds (0: not measured yet).
+    pub rtt_us: AtomicU64,
+    /// Video packet loss the viewer reports in RTCP receiver reports, per million.
+    pub loss_ppm: AtomicU64,
+}
+
+/// How often a viewer's RTT and loss are sampled for `/metrics`.
+const STATS_EVERY: Duration = Duration::from_secs(2);
+
+/// Sample RTT (selected candidate pair) and video loss (RTCP receiver reports) into `stats`.
+async fn sample_stats(
+    pc: std::sync::Weak<dyn PeerConnection>,
+    stats: Arc<PeerStats>,
+    cancel: CancellationToken,
+) {
+    use webrtc::peer_connection::{RTCStatsReportEntry, StatsSelector};
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(STATS_EVERY) => {}
+            _ = cancel.cancelled() => return,
+        }
+        let Some(pc) = pc.upgrade() else { return };
+        let report = pc
+            .get_stats(std::time::Instant::now(), StatsSelector::None)
+            .await;
+        drop(pc);
+        for entry in report.iter() {
+            match entry {
+                RTCStatsReportEntry::IceCandidatePair(p)
+                    if p.nominated && p.current_round_trip_time > 0.0 =>
+                {
+                    stats
+                        .rtt_us
+                        .store((p.current_round_trip_time * 1e6) as u64, Ordering::Relaxed);
+                }
+                RTCStatsReportEntry::RemoteInboundRtp(r)
+                    if r.received_rtp_stream_stats.rtp_stream_stats.kind == RtpCodecKind::Video =>
+                {
+                    stats.loss_ppm.store(
+                        (r.fraction_lost.clamp(0.0, 1.0) * 1e6) as u64,
+                        Ordering::Relaxed,
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Everything a new viewer connection needs.
@@ -332,6 +379,11 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
     tasks.push(tokio::spawn(rtcp_loop(
         video_track,
         setup.keyframes,
+        stats.clone(),
+        cancel.clone(),
+    )));
+    tasks.push(tokio::spawn(sample_stats(
+        Arc::downgrade(&pc),
         stats.clone(),
         cancel.clone(),
     )));

@@ -271,22 +271,23 @@ impl MediaPipeline {
         })
     }
 
-    /// Set the pipeline playing and wait (up to `timeout`) until it does, or report why not.
+    /// Set the pipeline playing; waits (up to `timeout`) for the state change and reports a
+    /// failed one (device missing or busy, caps refused).
     pub fn start(&self, timeout: Duration) -> Result<(), PipelineError> {
         self.pipeline
             .set_state(gst::State::Playing)
             .map_err(|_| PipelineError::Start(self.bus_error()))?;
-        let (res, state, _) = self
+        // A live source may take a while to deliver its first frame (the state change then
+        // stays ASYNC): that is not a failure. Only a failed state change is.
+        let (res, _, _) = self
             .pipeline
             .state(gst::ClockTime::from_nseconds(timeout.as_nanos() as u64));
-        match (res, state) {
-            (Ok(_), gst::State::Playing) => Ok(()),
-            _ => {
-                let why = self.bus_error();
-                let _ = self.pipeline.set_state(gst::State::Null);
-                Err(PipelineError::Start(why))
-            }
+        if res.is_err() {
+            let why = self.bus_error();
+            let _ = self.pipeline.set_state(gst::State::Null);
+            return Err(PipelineError::Start(why));
         }
+        Ok(())
     }
 
     /// The first error message waiting on the bus, or a generic text.

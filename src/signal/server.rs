@@ -191,8 +191,13 @@ impl SignalServer {
     /// Serve the same rooms on another plain listener (the embedded camera's loopback port when
     /// the public one is TLS).
     pub fn listen_plain(&self, listener: tokio::net::TcpListener) {
+        use axum::serve::ListenerExt;
         let app = self.app.clone();
         let shutdown = self.shutdown.clone();
+        // Small JSON messages: send each at once (no Nagle/delayed-ACK stalls).
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         self.tasks.spawn(async move {
             if let Err(e) = axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -211,8 +216,11 @@ impl SignalServer {
         let app = self.app.clone();
         let shutdown = self.shutdown.clone();
         let handle = axum_server::Handle::new();
-        let server =
-            axum_server::from_tcp_rustls(listener.into_std()?, tls)?.handle(handle.clone());
+        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+            .acceptor(axum_server::accept::NoDelayAcceptor::new());
+        let server = axum_server::from_tcp(listener.into_std()?)?
+            .acceptor(acceptor)
+            .handle(handle.clone());
         self.tasks.spawn(async move {
             tokio::select! {
                 r = server.serve(app.into_make_service()) => if let Err(e) = r {
@@ -343,8 +351,12 @@ async fn ws_upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Resp
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
     let tasks = state.tasks.clone();
+    // Buffers start small (signaling messages are a few kB) and grow only for larger frames:
+    // tungstenite's 128 KiB defaults would cost ~256 KiB per idle connection.
     ws.max_message_size(HARD_FRAME_LIMIT)
         .max_frame_size(HARD_FRAME_LIMIT)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| {
             let fut = connection(socket, state);
             async move {

@@ -1,0 +1,130 @@
+//! `/healthz` tells a stalled camera from a working one, `/metrics` counts frames, and a source
+//! that stops (as an unplugged camera does) is restarted with backoff while the daemon runs on.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+async fn get(base: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, text)
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+}
+
+fn start(video: &str) -> (Campeer, String) {
+    let mut c = Campeer::start(
+        &["run", "--video", video, "--listen", "127.0.0.1:0"],
+        &[
+            ("CAMPEER__CAMERA__STALL_TIMEOUT", "\"1s\""),
+            ("CAMPEER__VIDEO__WIDTH", "320"),
+            ("CAMPEER__VIDEO__HEIGHT", "240"),
+        ],
+    );
+    let url = c.room_url();
+    (c, base_of(&url))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_while_frames_flow() {
+    let (_cam, base) = start("test");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (code, body) = get(&base, "/healthz").await;
+    assert_eq!(code, 200, "{body}");
+    let (_, m1) = get(&base, "/metrics").await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (_, m2) = get(&base, "/metrics").await;
+    let (f1, f2) = (
+        metric(&m1, "campeer_frames_encoded_total"),
+        metric(&m2, "campeer_frames_encoded_total"),
+    );
+    assert!(f2 >= f1 + 20, "about 30 frames a second: {f1} then {f2}");
+    assert_eq!(metric(&m2, "campeer_signaling_joined"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unhealthy_when_the_camera_sends_no_frames() {
+    // A live source whose frames never reach the encoder.
+    let (cam, base) = start("pipeline:videotestsrc is-live=true ! valve drop=true");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = get(&base, "/healthz").await;
+        if code == 503 {
+            assert!(body.contains("no frame"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still healthy without frames: {body}\n{}",
+            cam.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_stops_is_restarted_and_frames_resume() {
+    // 45 frames (1.5 s) and then end-of-stream, like a camera pulled out mid-stream.
+    let (mut cam, base) = start("pipeline:videotestsrc is-live=true num-buffers=45");
+    cam.wait_log("media pipeline failed; restarting", Duration::from_secs(10));
+    cam.wait_log("media pipeline playing again", Duration::from_secs(10));
+    let (_, m1) = get(&base, "/metrics").await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (_, m2) = get(&base, "/metrics").await;
+    let (f1, f2) = (
+        metric(&m1, "campeer_frames_encoded_total"),
+        metric(&m2, "campeer_frames_encoded_total"),
+    );
+    assert!(
+        f2 > f1,
+        "frames resumed after the restart: {f1} then {f2}\n{}",
+        cam.logs()
+    );
+    // The daemon itself never exited.
+    assert!(cam.child.try_wait().unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_camera_is_named_and_retried_without_exiting() {
+    let (mut cam, base) = start("v4l2:/dev/video99");
+    cam.wait_log("cannot start capture; retrying", Duration::from_secs(10));
+    let line = cam.wait_log("media pipeline still failing", Duration::from_secs(10));
+    assert!(
+        line.contains("/dev/video99"),
+        "the log names the device: {line}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = get(&base, "/healthz").await;
+        if code == 503 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "healthy without a camera: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        cam.child.try_wait().unwrap().is_none(),
+        "the daemon keeps running"
+    );
+}
