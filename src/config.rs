@@ -91,6 +91,20 @@ pub struct CameraConfig {
     /// Resolve viewers' `.local` (mDNS) host candidates with multicast DNS queries. Helps direct
     /// LAN connections come up faster; off sends no multicast at all.
     pub mdns: bool,
+    /// `lowest`: the playout-delay RTP extension (min=max=0) on every video packet, so the
+    /// browser shows each frame at once; `smooth`: the browser's own jitter buffering.
+    pub latency: LatencyMode,
+}
+
+/// How the browser is asked to buffer video.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LatencyMode {
+    /// playout-delay min=max=0: no jitter buffer beyond what decoding needs.
+    #[default]
+    Lowest,
+    /// No playout-delay extension: the browser buffers as it sees fit.
+    Smooth,
 }
 
 impl Default for CameraConfig {
@@ -106,6 +120,7 @@ impl Default for CameraConfig {
             stall_timeout: Duration::from_secs(5),
             rtc_bind: vec!["0.0.0.0:0".into(), "127.0.0.1:0".into()],
             mdns: true,
+            latency: LatencyMode::default(),
         }
     }
 }

@@ -512,6 +512,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         relay_only: config.ice.transport_policy == TransportPolicy::Relay,
         udp_addrs: config.camera.rtc_bind.clone(),
         mdns: config.camera.mdns,
+        playout_delay_zero: config.camera.latency == crate::config::LatencyMode::Lowest,
     };
     // Keep-alives start now: waiting for an unreachable remote server is not a hang.
     spawn_watchdog(&tasks, shutdown.clone());
@@ -586,7 +587,9 @@ fn spawn_reload(
             let config = match reload() {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::error!(error = %e, "SIGHUP: configuration not reloaded (keeping the running one)");
+                    // One log line: toml's messages span several lines.
+                    let error = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+                    tracing::error!(%error, "SIGHUP: configuration not reloaded (keeping the running one)");
                     continue;
                 }
             };

@@ -9,7 +9,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-fn load_config(cli: &Cli) -> anyhow::Result<(Config, Option<PathBuf>)> {
+fn load_config(cli: &Cli) -> Result<(Config, Option<PathBuf>), config::ConfigError> {
     let path = match &cli.config {
         Some(p) => Some(p.clone()),
         None => Some(PathBuf::from(config::DEFAULT_PATH)).filter(|p| p.exists()),
@@ -103,14 +103,8 @@ fn main() -> anyhow::Result<()> {
         Command::Run(_) | Command::Serve(_) => {
             init_tracing(&config.log.level);
             let cli_for_reload = Cli::parse();
-            let reload: campeer::daemon::Reload = Box::new(move || {
-                load_config(&cli_for_reload).map(|(c, _)| c).map_err(|e| {
-                    campeer::config::ConfigError::Invalid {
-                        key: "(reload)".into(),
-                        message: format!("{e:#}"),
-                    }
-                })
-            });
+            let reload: campeer::daemon::Reload =
+                Box::new(move || load_config(&cli_for_reload).map(|(c, _)| c));
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;

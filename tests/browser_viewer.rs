@@ -53,6 +53,19 @@ async fn two_viewers_both_decode_from_one_encode() {
     assert_eq!(logs.matches("media pipeline built").count(), 1, "{logs}");
     let metrics = reqwest_metrics(&base_of(&url)).await;
     assert!(metrics.contains("campeer_viewers 2"), "{metrics}");
+    // Per-viewer RTT comes from the connection's stats, sampled every 2 s.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let metrics = reqwest_metrics(&base_of(&url)).await;
+    let rtts: Vec<f64> = metrics
+        .lines()
+        .filter(|l| l.starts_with("campeer_viewer_rtt_seconds{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(rtts.len(), 2, "{metrics}");
+    assert!(
+        rtts.iter().all(|r| *r > 0.0 && *r < 0.5),
+        "loopback RTTs: {rtts:?}"
+    );
     drop(cam.wait_log("viewer connected", Duration::from_secs(1)));
 }
 

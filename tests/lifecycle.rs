@@ -64,3 +64,43 @@ fn notifies_ready_and_watchdog_then_stops_on_sigterm_within_2s() {
     assert!(took < Duration::from_secs(2), "SIGTERM took {took:?}");
     eprintln!("SIGTERM to exit: {took:?}");
 }
+
+#[test]
+fn sighup_reloads_the_bitrate_and_refuses_a_broken_config() {
+    let dir = TempDir::new("hup");
+    let cfg = dir.path().join("campeer.toml");
+    std::fs::write(
+        &cfg,
+        "[video]\nbitrate-kbps = 1500\nencoder = \"x264enc\"\n",
+    )
+    .unwrap();
+    let cfg_s = cfg.display().to_string();
+    let mut cam = Campeer::start(
+        &[
+            "run",
+            "--config",
+            &cfg_s,
+            "--video",
+            "test",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    cam.wait_stdout("/room/", Duration::from_secs(30));
+    std::fs::write(&cfg, "[video]\nbitrate-kbps = 800\nencoder = \"x264enc\"\n").unwrap();
+    cam.signal(libc::SIGHUP);
+    let line = cam.wait_log("video bitrate changed", Duration::from_secs(10));
+    assert!(line.contains("800"), "{line}");
+    // A broken file is refused and the daemon keeps running on the old configuration.
+    std::fs::write(&cfg, "[video]\nbitrate-kbps = \"fast\"\n").unwrap();
+    cam.signal(libc::SIGHUP);
+    let line = cam.wait_log("configuration not reloaded", Duration::from_secs(10));
+    assert!(line.contains("bitrate-kbps"), "{line}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        cam.child.try_wait().unwrap().is_none(),
+        "still running\n{}",
+        cam.logs()
+    );
+}

@@ -59,6 +59,8 @@ pub struct CameraSettings {
     pub udp_addrs: Vec<String>,
     /// Resolve viewers' mDNS candidates.
     pub mdns: bool,
+    /// Latency mode `lowest`: playout-delay min=max=0 on every video packet.
+    pub playout_delay_zero: bool,
 }
 
 /// Shared, read-mostly state for `/metrics`, `/healthz` and readiness.
@@ -340,6 +342,7 @@ impl Camera {
                     relay_only: self.settings.relay_only,
                     udp_addrs: self.settings.udp_addrs.clone(),
                     mdns: self.settings.mdns,
+                    playout_delay_zero: self.settings.playout_delay_zero,
                     events: self.events_tx.clone(),
                     video: self.media.video.subscribe(),
                     audio: self.media.has_audio.then(|| self.media.audio.subscribe()),

@@ -15,11 +15,15 @@ use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp::codec::h264::H264Payloader;
 use rtc::rtp::codec::opus::OpusPayloader;
+use rtc::rtp::extension::playout_delay_extension::PlayoutDelayExtension;
 use rtc::rtp::packetizer::Payloader;
+use rtc::rtp_transceiver::RTCRtpTransceiverDirection;
+use rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RtpCodecKind,
 };
+use rtc::shared::marshal::Marshal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -37,6 +41,9 @@ use webrtc::peer_connection::{
 
 /// RTP payload size limit (bytes), leaving room for SRTP, extensions and TURN framing.
 const RTP_MTU: usize = 1200;
+/// The playout-delay RTP header extension: min=max=0 asks the browser to show each frame as
+/// soon as it is decoded instead of holding it in its jitter buffer.
+pub const PLAYOUT_DELAY_URI: &str = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay";
 /// The H.264 format campeer sends: constrained baseline, packetization-mode 1.
 pub const H264_FMTP: &str =
     "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
@@ -176,6 +183,8 @@ pub struct PeerSetup {
     pub udp_addrs: Vec<String>,
     /// Resolve remote `.local` candidates with mDNS.
     pub mdns: bool,
+    /// Negotiate the playout-delay extension and send min=max=0 on every video packet.
+    pub playout_delay_zero: bool,
     /// Where events go.
     pub events: mpsc::Sender<PeerEvent>,
     /// Encoded video.
@@ -277,6 +286,17 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
         },
         RtpCodecKind::Audio,
     )?;
+    if setup.playout_delay_zero {
+        // Sendonly: the sender's parameters are looked up with that direction. Negotiated only
+        // when the viewer's offer lists the extension.
+        me.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: PLAYOUT_DELAY_URI.to_owned(),
+            },
+            RtpCodecKind::Video,
+            Some(RTCRtpTransceiverDirection::Sendonly),
+        )?;
+    }
     // NACK responder, sender reports, TWCC; then PLI/FIR delivered to the application (last).
     let registry = register_default_interceptors(Registry::new(), &mut me)?;
     let registry = registry.with(Slot::from(14_000), KeyframeRequestForwarder::default());
@@ -361,11 +381,23 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
     let mut tasks = Vec::new();
     // Payload types as negotiated (the browser's numbers, not the ones registered above).
     let video_pt = negotiated_pt(&video_sender).await.unwrap_or(102);
+    // The negotiated id, set on each packet by `feed` and written with plain `write_rtp`:
+    // webrtc-rs 0.21.1's `write_rtp_with_extensions` (and its sample writer) use extension ids
+    // snapshotted before negotiation, so the core rejects those packets ("extension not found").
+    let playout_delay = match negotiated_extension_id(&video_sender, PLAYOUT_DELAY_URI).await {
+        Some(id) => PlayoutDelayExtension::new(0, 0)
+            .marshal()
+            .ok()
+            .map(|b| (id, b.freeze())),
+        None => None,
+    };
+    tracing::debug!(viewer = %setup.viewer, playout_delay = playout_delay.is_some(), "video track negotiated");
     tasks.push(tokio::spawn(feed(
         Feed {
             viewer: setup.viewer.clone(),
             track: video_track.clone(),
             pt: video_pt,
+            playout_delay,
             ssrc: video_ssrc,
             clock_rate: 90_000,
             video: true,
@@ -399,6 +431,7 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
                 video: false,
                 stats: stats.clone(),
                 keyframes: None,
+                playout_delay: None,
             },
             rx,
             state_rx,
@@ -464,6 +497,23 @@ impl Peer {
     }
 }
 
+/// The id the answer gave extension `uri` on this sender, if negotiated (one-byte form only).
+async fn negotiated_extension_id(
+    sender: &Arc<dyn webrtc::rtp_transceiver::RtpSender>,
+    uri: &str,
+) -> Option<u8> {
+    sender
+        .get_parameters()
+        .await
+        .ok()?
+        .rtp_parameters
+        .header_extensions
+        .iter()
+        .find(|e| e.uri == uri)
+        .and_then(|e| u8::try_from(e.id).ok())
+        .filter(|id| (1..=14).contains(id))
+}
+
 async fn negotiated_pt(sender: &Arc<dyn webrtc::rtp_transceiver::RtpSender>) -> Option<u8> {
     sender
         .get_parameters()
@@ -479,6 +529,8 @@ struct Feed {
     viewer: PeerId,
     track: Arc<TrackLocalStaticRTP>,
     pt: u8,
+    /// Negotiated playout-delay extension id and its payload (min=max=0).
+    playout_delay: Option<(u8, bytes::Bytes)>,
     ssrc: u32,
     clock_rate: u32,
     video: bool,
@@ -557,7 +609,7 @@ async fn feed(
         };
         let n = payloads.len();
         for (i, payload) in payloads.into_iter().enumerate() {
-            let packet = rtc::rtp::Packet {
+            let mut packet = rtc::rtp::Packet {
                 header: rtc::rtp::header::Header {
                     version: 2,
                     marker: if f.video { i + 1 == n } else { false },
@@ -570,6 +622,10 @@ async fn feed(
                 payload,
             };
             seq = seq.wrapping_add(1);
+            if let Some((id, value)) = &f.playout_delay {
+                // A one-byte-header id (1..=14) and a 3-byte value: cannot fail.
+                let _ = packet.header.set_extension(*id, value.clone());
+            }
             if let Err(e) = f.track.write_rtp(packet).await {
                 f.stats.send_errors.fetch_add(1, Ordering::Relaxed);
                 if !logged_error {

@@ -170,8 +170,11 @@
     const codec = (codecs.get(v.codecId) || '').replace('video/', '');
     cam.codec = codec;
     const res = v.frameWidth ? `${v.frameWidth}×${v.frameHeight}` : '—';
+    // The camera's latency mode shows in its answer: playout-delay negotiated means "lowest".
+    const answer = cam.pc.currentRemoteDescription ? cam.pc.currentRemoteDescription.sdp : '';
+    cam.latency = answer.includes('rtp-hdrext/playout-delay') ? 'lowest latency' : 'smooth';
     const fps = v.framesPerSecond != null ? Math.round(v.framesPerSecond) : 0;
-    cam.ui.stats.textContent = `${codec} ${res} ${fps} fps ${Math.round(kbps)} kbit/s`;
+    cam.ui.stats.textContent = `${codec} ${res} ${fps} fps ${Math.round(kbps)} kbit/s · ${cam.latency}`;
   }
 
   function onMessage(msg) {

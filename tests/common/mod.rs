@@ -280,6 +280,11 @@ impl Browser {
 
     /// Open a new tab at `url`.
     pub async fn open(&self, url: &str) -> Page {
+        self.open_with_script(url, None).await
+    }
+
+    /// Open a new tab at `url`, with `script` run in every document before the page's own.
+    pub async fn open_with_script(&self, url: &str, script: Option<&str>) -> Page {
         let mut b = Cdp::connect(&format!("ws://127.0.0.1:{}{}", self.port, self.ws_path)).await;
         let r = b
             .call("Target.createTarget", json!({ "url": "about:blank" }))
@@ -292,6 +297,13 @@ impl Browser {
         .await;
         page.call("Page.enable", json!({})).await;
         page.call("Runtime.enable", json!({})).await;
+        if let Some(source) = script {
+            page.call(
+                "Page.addScriptToEvaluateOnNewDocument",
+                json!({ "source": source }),
+            )
+            .await;
+        }
         page.call("Page.navigate", json!({ "url": url })).await;
         Page { cdp: page }
     }

@@ -1,0 +1,480 @@
+//! Glass-to-glass latency benchmark (a command, not a test): `cargo bench --bench latency`.
+//!
+//! Method (see docs/PERFORMANCE.md): a stamper paints the wall-clock time (ms since the epoch)
+//! as a row of 48 black/white cells into each 1280x720 frame just before pushing it, at 29.97
+//! fps, into shared memory (`shmsink`). campeer captures it as a `pipeline:shmsrc …` source and
+//! encodes with x264 (ultrafast, zerolatency, 2.5 Mbit/s); GStreamer's webrtcbin, driven by
+//! `benches/webrtcbin_camera.py`, reads the same shared memory with the same x264 settings. The
+//! viewer is campeer's own room page in headless Chromium, with a measuring script injected
+//! before the page's scripts: `requestVideoFrameCallback` → draw → decode the cells → latency =
+//! presentation time (mapped to wall clock) − stamp. Runs alternate between the two senders.
+//!
+//! Prints, per sender: glass-to-glass p50/p95/max over ≥ 900 frames (first 30 skipped),
+//! stamp → last packet received p50, frames the page never saw, freezes, time to first frame
+//! (first `new RTCPeerConnection()` → first presented frame), and the sender's CPU and RSS.
+//! Then campeer's CPU and RSS with 1, 5, 10 and 25 viewers.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{Browser, Campeer, Page, TempDir};
+use futures_util::{SinkExt, StreamExt};
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio_tungstenite::tungstenite::Message;
+
+const W: usize = 1280;
+const H: usize = 720;
+const CELLS: usize = 48;
+const CELL: usize = 24;
+const FRAMES: usize = 930;
+const KBPS: u32 = 2500;
+
+/// The stamper: 29.97 fps I420 frames with the time painted in, into shared memory.
+fn start_stamper(socket: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    gst::init().expect("gst init");
+    let desc = format!(
+        "appsrc name=src is-live=true format=time do-timestamp=true \
+         caps=video/x-raw,format=I420,width={W},height={H},framerate=30000/1001 ! \
+         shmsink socket-path={socket} wait-for-connection=false sync=false shm-size=200000000"
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .expect("stamper pipeline")
+        .downcast::<gst::Pipeline>()
+        .expect("pipeline");
+    let src = pipeline
+        .by_name("src")
+        .expect("appsrc")
+        .downcast::<gstreamer_app::AppSrc>()
+        .expect("appsrc");
+    pipeline
+        .set_state(gst::State::Playing)
+        .expect("stamper plays");
+    std::thread::spawn(move || {
+        let period = Duration::from_nanos(1_001_000_000 / 30);
+        let start = Instant::now();
+        let mut n: u64 = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let mut frame = vec![0u8; W * H * 3 / 2];
+            // Grey background with a moving bar, so the encoder has motion to code.
+            frame[..W * H].fill(96);
+            frame[W * H..].fill(128);
+            let bar = (n as usize * 8) % W;
+            for y in 40..H {
+                for x in bar..(bar + 40).min(W) {
+                    frame[y * W + x] = 200;
+                }
+            }
+            let ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            for i in 0..CELLS {
+                let bit = (ms >> (CELLS - 1 - i)) & 1;
+                let v = if bit == 1 { 235 } else { 16 };
+                for y in 0..32 {
+                    frame[y * W + i * CELL..y * W + (i + 1) * CELL].fill(v);
+                }
+            }
+            if src.push_buffer(gst::Buffer::from_mut_slice(frame)).is_err() {
+                break;
+            }
+            n += 1;
+            let next = start + period * n as u32;
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let _ = pipeline.set_state(gst::State::Null);
+    })
+}
+
+/// Injected before the page's own scripts: measures every presented frame.
+const MEASURE_JS: &str = r#"
+(() => {
+  const M = window.__g2g = { frames: [], pcCreated: null, firstFrame: null, offset: Infinity, pcs: [] };
+  const Orig = window.RTCPeerConnection;
+  const Wrapped = function (...args) {
+    if (M.pcCreated === null) M.pcCreated = performance.now();
+    const pc = new Orig(...args);
+    M.pcs.push(pc);
+    return pc;
+  };
+  Wrapped.prototype = Orig.prototype;
+  window.RTCPeerConnection = Wrapped;
+  const tick = () => { const o = Date.now() - performance.now(); if (o < M.offset) M.offset = o; };
+  setInterval(tick, 20); tick();
+  const canvas = document.createElement('canvas');
+  canvas.width = 1152; canvas.height = 32;
+  const ctx = canvas.getContext('2d', { willReadFrequently: true });
+  const seen = new WeakSet();
+  const watch = (v) => {
+    const cb = (now, meta) => {
+      try {
+        ctx.drawImage(v, 0, 0, 1152, 32, 0, 0, 1152, 32);
+        const d = ctx.getImageData(0, 0, 1152, 32).data;
+        let ms = 0;
+        for (let i = 0; i < 48; i++) {
+          const p = (16 * 1152 + i * 24 + 12) * 4;
+          ms = ms * 2 + (d[p] > 128 ? 1 : 0);
+        }
+        const wall = Date.now();
+        if (Math.abs(wall - ms) < 10000) {
+          if (M.firstFrame === null) M.firstFrame = meta.presentationTime;
+          M.frames.push({
+            stamp: ms,
+            lat: meta.presentationTime + M.offset - ms,
+            recv: (meta.receiveTime !== undefined ? meta.receiveTime + M.offset - ms : null),
+            rtp: meta.rtpTimestamp,
+          });
+        }
+      } catch (e) { M.error = String(e); }
+      v.requestVideoFrameCallback(cb);
+    };
+    v.requestVideoFrameCallback(cb);
+  };
+  setInterval(() => document.querySelectorAll('video').forEach((v) => { if (!seen.has(v)) { seen.add(v); watch(v); } }), 50);
+})();
+"#;
+
+const RESULT_JS: &str = r#"(async () => {
+  const M = window.__g2g;
+  let freezes = 0, dropped = 0;
+  for (const pc of M.pcs) {
+    const r = await pc.getStats();
+    r.forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') { freezes += s.freezeCount || 0; dropped += s.framesDropped || 0; } });
+  }
+  return JSON.stringify({ frames: M.frames, ttff: M.firstFrame !== null && M.pcCreated !== null ? M.firstFrame - M.pcCreated : null, freezes, dropped, error: M.error || null });
+})()"#;
+
+#[derive(Default, Debug)]
+struct RunResult {
+    lat: Vec<f64>,
+    recv: Vec<f64>,
+    unseen: usize,
+    freezes: u64,
+    dropped: u64,
+    ttff: f64,
+    cpu: f64,
+    rss_mb: f64,
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[((s.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn hz() -> f64 {
+    // SAFETY: sysconf is always safe to call.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
+/// One measured run: open the room page, wait for FRAMES presented frames, collect.
+async fn measure(browser: &Browser, url: &str, sender_pid: u32) -> RunResult {
+    let mut page: Page = browser.open_with_script(url, Some(MEASURE_JS)).await;
+    let started = Instant::now();
+    let mut cpu0 = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let n = page
+            .eval("window.__g2g ? window.__g2g.frames.length : 0")
+            .await
+            .as_u64()
+            .unwrap_or(0) as usize;
+        if n >= 30 && cpu0.is_none() {
+            cpu0 = Some((Instant::now(), cpu_ticks(sender_pid)));
+        }
+        if n >= FRAMES {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(90) {
+            eprintln!("run timed out with {n} frames");
+            break;
+        }
+    }
+    let (t0, c0) = cpu0.unwrap_or((started, cpu_ticks(sender_pid)));
+    let cpu = (cpu_ticks(sender_pid) - c0) as f64 / hz() / t0.elapsed().as_secs_f64() * 100.0;
+    let v: Value = serde_json::from_str(page.eval(RESULT_JS).await.as_str().unwrap_or("{}"))
+        .unwrap_or_default();
+    page.cdp
+        .call("Page.navigate", json!({ "url": "about:blank" }))
+        .await;
+    let frames = v["frames"].as_array().cloned().unwrap_or_default();
+    let frames: Vec<&Value> = frames.iter().skip(30).collect();
+    let mut r = RunResult {
+        freezes: v["freezes"].as_u64().unwrap_or(0),
+        dropped: v["dropped"].as_u64().unwrap_or(0),
+        ttff: v["ttff"].as_f64().unwrap_or(f64::NAN),
+        cpu,
+        rss_mb: rss_mb(sender_pid),
+        ..Default::default()
+    };
+    let mut last_rtp: Option<u64> = None;
+    let mut stamps = Vec::new();
+    for f in &frames {
+        // A frame drawn from the next one shows up as a repeated/older RTP time: skip those.
+        let rtp = f["rtp"].as_u64();
+        if let (Some(a), Some(b)) = (last_rtp, rtp) {
+            if b <= a {
+                continue;
+            }
+        }
+        last_rtp = rtp.or(last_rtp);
+        r.lat.push(f["lat"].as_f64().unwrap_or(f64::NAN));
+        if let Some(x) = f["recv"].as_f64() {
+            r.recv.push(x);
+        }
+        stamps.push(f["stamp"].as_f64().unwrap_or(0.0));
+    }
+    if let (Some(first), Some(last)) = (stamps.first(), stamps.last()) {
+        let expected = ((last - first) / (1001.0 / 30.0)).round() as usize + 1;
+        r.unseen = expected.saturating_sub(stamps.len());
+    }
+    if let Some(e) = v["error"].as_str() {
+        eprintln!("page error: {e}");
+    }
+    r
+}
+
+fn summary(name: &str, runs: &[RunResult]) {
+    let lat: Vec<f64> = runs.iter().flat_map(|r| r.lat.iter().copied()).collect();
+    let recv: Vec<f64> = runs.iter().flat_map(|r| r.recv.iter().copied()).collect();
+    let per_run: Vec<String> = runs
+        .iter()
+        .map(|r| format!("{:.1}", pct(&r.lat, 0.5)))
+        .collect();
+    let ttff: Vec<String> = runs.iter().map(|r| format!("{:.0}", r.ttff)).collect();
+    println!(
+        "{name:<10} frames {:>5}  p50 {:>5.1} ms (runs: {})  p95 {:>5.1}  max {:>5.1}  recv p50 {:>4.1}  unseen {:>3}  freezes {}  dropped {}  TTFF ms [{}]  CPU {:.1} %  RSS {:.0} MB",
+        lat.len(),
+        pct(&lat, 0.5),
+        per_run.join(", "),
+        pct(&lat, 0.95),
+        lat.iter().copied().fold(f64::NAN, f64::max),
+        pct(&recv, 0.5),
+        runs.iter().map(|r| r.unseen).sum::<usize>(),
+        runs.iter().map(|r| r.freezes).sum::<u64>(),
+        runs.iter().map(|r| r.dropped).sum::<u64>(),
+        ttff.join(", "),
+        runs.iter().map(|r| r.cpu).sum::<f64>() / runs.len().max(1) as f64,
+        runs.iter().map(|r| r.rss_mb).fold(0.0, f64::max),
+    );
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Joins room `room` as a camera and relays signaling to and from the webrtcbin process.
+async fn relay_webrtcbin(ws_url: String, room: &str, socket: String) -> u32 {
+    let (mut ws, _): (Ws, _) =
+        tokio_tungstenite::connect_async_with_config(ws_url.as_str(), None, true)
+            .await
+            .expect("ws");
+    ws.send(Message::Text(
+        json!({"type": "join", "room": room, "role": "camera", "name": "webrtcbin"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/webrtcbin_camera.py");
+    let mut child = Command::new("/usr/bin/python3")
+        .args([script, &socket, &W.to_string(), &H.to_string(), &KBPS.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3 webrtcbin_camera.py (python3-gi, gir1.2-gst-plugins-bad-1.0, gstreamer1.0-nice)");
+    let pid = child.id();
+    let mut stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let _ = out_tx.send(v);
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let _child = child;
+        let mut viewer: Option<String> = None;
+        loop {
+            tokio::select! {
+                m = ws.next() => {
+                    let Some(Ok(Message::Text(t))) = m else { if m.is_none() { break } else { continue } };
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap_or_default();
+                    match v["type"].as_str() {
+                        Some("offer") => {
+                            viewer = v["from"].as_str().map(str::to_owned);
+                            let _ = writeln!(stdin, "{}", json!({"type": "offer", "sdp": v["sdp"]}));
+                        }
+                        Some("candidate") if v["from"].as_str() == viewer.as_deref() => {
+                            let _ = writeln!(stdin, "{}", json!({"type": "candidate", "candidate": v["candidate"]}));
+                        }
+                        _ => {}
+                    }
+                }
+                Some(v) = out_rx.recv() => {
+                    let Some(to) = viewer.clone() else { continue };
+                    let msg = match v["type"].as_str() {
+                        Some("answer") => json!({"type": "answer", "to": to, "sdp": v["sdp"]}),
+                        Some("candidate") => json!({"type": "candidate", "to": to, "candidate": v["candidate"]}),
+                        _ => continue,
+                    };
+                    let _ = ws.send(Message::Text(msg.to_string().into())).await;
+                }
+            }
+        }
+    });
+    pid
+}
+
+async fn viewers_load(browser: &Browser, url: &str, pid: u32) {
+    println!(
+        "campeer with N viewers (1280x720@29.97 x264, all Chromium tabs on this same 2-core machine):"
+    );
+    let mut pages = Vec::new();
+    for n in [1usize, 5, 10, 25] {
+        while pages.len() < n {
+            pages.push(browser.open(url).await);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (t0, c0) = (Instant::now(), cpu_ticks(pid));
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let cpu = (cpu_ticks(pid) - c0) as f64 / hz() / t0.elapsed().as_secs_f64() * 100.0;
+        let mut connected = 0;
+        let mut dropped = 0;
+        for p in pages.iter_mut() {
+            let v = p
+                .eval("(async()=>{let d=0,c=0;for(const [,cam] of window.campeer.cams){if(cam.pc.connectionState==='connected')c++;const r=await cam.pc.getStats();r.forEach(s=>{if(s.type==='inbound-rtp'&&s.kind==='video')d+=s.framesDropped||0})}return JSON.stringify([c,d])})()")
+                .await;
+            let a: Vec<u64> =
+                serde_json::from_str(v.as_str().unwrap_or("[0,0]")).unwrap_or_default();
+            connected += a.first().copied().unwrap_or(0);
+            dropped += a.get(1).copied().unwrap_or(0);
+        }
+        println!(
+            "  {n:>2} viewers: campeer CPU {cpu:>5.1} % of a core, RSS {:>5.1} MB; {connected} connected; frames dropped by the browsers: {dropped}",
+            rss_mb(pid)
+        );
+    }
+}
+
+fn main() {
+    let runs: usize = std::env::var("CAMPEER_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let dir = TempDir::new("latency");
+    let socket = dir.path().join("stamp.shm").display().to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stamper = start_stamper(&socket, stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let source = format!(
+        "pipeline:shmsrc socket-path={socket} is-live=true do-timestamp=true ! video/x-raw,format=I420,width={W},height={H},framerate=30000/1001"
+    );
+    let mut cam = Campeer::start(
+        &[
+            "run",
+            "--video",
+            &source,
+            "--listen",
+            "127.0.0.1:0",
+            "--room",
+            "g2g",
+        ],
+        &[
+            ("CAMPEER__VIDEO__ENCODER", "x264enc"),
+            ("CAMPEER__VIDEO__WIDTH", "1280"),
+            ("CAMPEER__VIDEO__HEIGHT", "720"),
+            ("CAMPEER__VIDEO__FRAMERATE", "30"),
+            ("CAMPEER__VIDEO__BITRATE_KBPS", "2500"),
+            ("CAMPEER__CAMERA__MAX_VIEWERS", "40"),
+            ("CAMPEER__SERVER__OPEN_ROOMS", "[\"*\"]"),
+            ("CAMPEER__LOG__LEVEL", "warn"),
+        ],
+    );
+    let url = cam.room_url();
+    let base = common::base_of(&url);
+    let ws_url = format!("{}/ws", base.replace("http://", "ws://"));
+    println!(
+        "campeer glass-to-glass benchmark: 1280x720 @29.97, x264 ultrafast zerolatency {KBPS} kbit/s, loopback, headless Chromium; {runs} alternating runs of {FRAMES} frames per sender"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let gst_pid = relay_webrtcbin(ws_url, "g2g-gst", socket.clone()).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let browser = Browser::launch();
+        let mut campeer_runs = Vec::new();
+        let mut gst_runs = Vec::new();
+        for i in 0..runs {
+            let a = measure(&browser, &format!("{base}/room/g2g"), cam.pid()).await;
+            eprintln!("run {i} campeer: p50 {:.1} ms", pct(&a.lat, 0.5));
+            campeer_runs.push(a);
+            let b = measure(&browser, &format!("{base}/room/g2g-gst"), gst_pid).await;
+            eprintln!("run {i} webrtcbin: p50 {:.1} ms", pct(&b.lat, 0.5));
+            gst_runs.push(b);
+        }
+        summary("campeer", &campeer_runs);
+        summary("webrtcbin", &gst_runs);
+        let c: Vec<f64> = campeer_runs
+            .iter()
+            .flat_map(|r| r.lat.iter().copied())
+            .collect();
+        let g: Vec<f64> = gst_runs
+            .iter()
+            .flat_map(|r| r.lat.iter().copied())
+            .collect();
+        let ct: Vec<f64> = campeer_runs.iter().map(|r| r.ttff).collect();
+        let gt: Vec<f64> = gst_runs.iter().map(|r| r.ttff).collect();
+        println!(
+            "ratios campeer/webrtcbin: p50 {:.2}, p95 {:.2}, time to first frame {:.2}",
+            pct(&c, 0.5) / pct(&g, 0.5),
+            pct(&c, 0.95) / pct(&g, 0.95),
+            pct(&ct, 0.5) / pct(&gt, 0.5)
+        );
+        if std::env::var_os("CAMPEER_BENCH_SKIP_VIEWERS").is_none() {
+            viewers_load(&browser, &format!("{base}/room/g2g"), cam.pid()).await;
+        }
+    });
+    stop.store(true, Ordering::Relaxed);
+    let _ = stamper.join();
+    let _ = cam.logs();
+}
