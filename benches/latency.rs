@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -33,7 +33,13 @@ const W: usize = 1280;
 const H: usize = 720;
 const CELLS: usize = 48;
 const CELL: usize = 24;
-const FRAMES: usize = 930;
+/// Presented frames per run (≥ 900 after the first 30); CAMPEER_BENCH_FRAMES overrides.
+fn frames_per_run() -> usize {
+    std::env::var("CAMPEER_BENCH_FRAMES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(930)
+}
 const KBPS: u32 = 2500;
 
 /// The stamper: 29.97 fps I420 frames with the time painted in, into shared memory.
@@ -201,7 +207,7 @@ fn hz() -> f64 {
 }
 
 /// One measured run: open the room page, wait for FRAMES presented frames, collect.
-async fn measure(browser: &Browser, url: &str, sender_pid: u32) -> RunResult {
+async fn measure(browser: &Browser, url: &str, sender: &AtomicU32) -> RunResult {
     let mut page: Page = browser.open_with_script(url, Some(MEASURE_JS)).await;
     let started = Instant::now();
     let mut cpu0 = None;
@@ -213,9 +219,9 @@ async fn measure(browser: &Browser, url: &str, sender_pid: u32) -> RunResult {
             .as_u64()
             .unwrap_or(0) as usize;
         if n >= 30 && cpu0.is_none() {
-            cpu0 = Some((Instant::now(), cpu_ticks(sender_pid)));
+            cpu0 = Some((Instant::now(), cpu_ticks(sender.load(Ordering::Relaxed))));
         }
-        if n >= FRAMES {
+        if n >= frames_per_run() {
             break;
         }
         if started.elapsed() > Duration::from_secs(90) {
@@ -223,8 +229,10 @@ async fn measure(browser: &Browser, url: &str, sender_pid: u32) -> RunResult {
             break;
         }
     }
+    let sender_pid = sender.load(Ordering::Relaxed);
     let (t0, c0) = cpu0.unwrap_or((started, cpu_ticks(sender_pid)));
-    let cpu = (cpu_ticks(sender_pid) - c0) as f64 / hz() / t0.elapsed().as_secs_f64() * 100.0;
+    let cpu =
+        cpu_ticks(sender_pid).saturating_sub(c0) as f64 / hz() / t0.elapsed().as_secs_f64() * 100.0;
     let v: Value = serde_json::from_str(page.eval(RESULT_JS).await.as_str().unwrap_or("{}"))
         .unwrap_or_default();
     page.cdp
@@ -295,59 +303,94 @@ fn summary(name: &str, runs: &[RunResult]) {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Joins room `room` as a camera and relays signaling to and from the webrtcbin process.
-async fn relay_webrtcbin(ws_url: String, room: &str, socket: String) -> u32 {
-    let (mut ws, _): (Ws, _) =
-        tokio_tungstenite::connect_async_with_config(ws_url.as_str(), None, true)
-            .await
-            .expect("ws");
-    ws.send(Message::Text(
-        json!({"type": "join", "room": room, "role": "camera", "name": "webrtcbin"})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
+/// One webrtcbin sender process (a fresh one per viewer offer).
+struct GstSender {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+}
+
+fn spawn_webrtcbin(
+    socket: &str,
+    generation: u64,
+    out: tokio::sync::mpsc::UnboundedSender<(u64, Value)>,
+) -> GstSender {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/webrtcbin_camera.py");
     let mut child = Command::new("/usr/bin/python3")
-        .args([script, &socket, &W.to_string(), &H.to_string(), &KBPS.to_string()])
+        .args([script, socket, &W.to_string(), &H.to_string(), &KBPS.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("python3 webrtcbin_camera.py (python3-gi, gir1.2-gst-plugins-bad-1.0, gstreamer1.0-nice)");
-    let pid = child.id();
-    let mut stdin = child.stdin.take().expect("stdin");
+    let stdin = child.stdin.take().expect("stdin");
     let stdout = child.stdout.take().expect("stdout");
-    let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                let _ = out_tx.send(v);
+                let _ = out.send((generation, v));
             }
         }
     });
+    GstSender { child, stdin }
+}
+
+/// Joins room `room` as a camera and relays signaling to and from a webrtcbin process started
+/// for each viewer's offer. Returns the current process's pid (for CPU and RSS).
+async fn relay_webrtcbin(ws_url: String, room: &str, socket: String) -> Arc<AtomicU32> {
+    let (mut ws, _): (Ws, _) =
+        tokio_tungstenite::connect_async_with_config(ws_url.as_str(), None, true)
+            .await
+            .expect("ws");
+    let join = json!({"type": "join", "room": room, "role": "camera", "name": "webrtcbin"});
+    ws.send(Message::Text(join.to_string().into()))
+        .await
+        .unwrap();
+    let pid = Arc::new(AtomicU32::new(0));
+    let current_pid = pid.clone();
     tokio::spawn(async move {
-        let _child = child;
+        let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Value)>();
+        let mut sender: Option<GstSender> = None;
+        let mut generation = 0u64;
         let mut viewer: Option<String> = None;
         loop {
             tokio::select! {
                 m = ws.next() => {
-                    let Some(Ok(Message::Text(t))) = m else { if m.is_none() { break } else { continue } };
+                    let t = match m {
+                        Some(Ok(Message::Text(t))) => t,
+                        Some(_) => continue,
+                        None => break,
+                    };
                     let v: Value = serde_json::from_str(t.as_str()).unwrap_or_default();
                     match v["type"].as_str() {
                         Some("offer") => {
+                            if let Some(mut old) = sender.take() {
+                                let _ = old.child.kill();
+                                let _ = old.child.wait();
+                            }
+                            generation += 1;
+                            let mut s = spawn_webrtcbin(&socket, generation, out_tx.clone());
+                            current_pid.store(s.child.id(), Ordering::Relaxed);
                             viewer = v["from"].as_str().map(str::to_owned);
-                            let _ = writeln!(stdin, "{}", json!({"type": "offer", "sdp": v["sdp"]}));
+                            let _ = writeln!(s.stdin, "{}", json!({"type": "offer", "sdp": v["sdp"]}));
+                            sender = Some(s);
+                        }
+                        Some("exit") if v["from"].as_str() == viewer.as_deref() => {
+                            // The viewer left: stop encoding so the next sender runs alone.
+                            if let Some(mut old) = sender.take() {
+                                let _ = old.child.kill();
+                                let _ = old.child.wait();
+                            }
                         }
                         Some("candidate") if v["from"].as_str() == viewer.as_deref() => {
-                            let _ = writeln!(stdin, "{}", json!({"type": "candidate", "candidate": v["candidate"]}));
+                            if let Some(s) = sender.as_mut() {
+                                let _ = writeln!(s.stdin, "{}", json!({"type": "candidate", "candidate": v["candidate"]}));
+                            }
                         }
                         _ => {}
                     }
                 }
-                Some(v) = out_rx.recv() => {
-                    let Some(to) = viewer.clone() else { continue };
+                Some((g, v)) = out_rx.recv() => {
+                    let Some(to) = viewer.clone().filter(|_| g == generation) else { continue };
                     let msg = match v["type"].as_str() {
                         Some("answer") => json!({"type": "answer", "to": to, "sdp": v["sdp"]}),
                         Some("candidate") => json!({"type": "candidate", "to": to, "candidate": v["candidate"]}),
@@ -356,6 +399,10 @@ async fn relay_webrtcbin(ws_url: String, room: &str, socket: String) -> u32 {
                     let _ = ws.send(Message::Text(msg.to_string().into())).await;
                 }
             }
+        }
+        if let Some(mut old) = sender.take() {
+            let _ = old.child.kill();
+            let _ = old.child.wait();
         }
     });
     pid
@@ -393,16 +440,8 @@ async fn viewers_load(browser: &Browser, url: &str, pid: u32) {
     }
 }
 
-fn main() {
-    let runs: usize = std::env::var("CAMPEER_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
-    let dir = TempDir::new("latency");
-    let socket = dir.path().join("stamp.shm").display().to_string();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stamper = start_stamper(&socket, stop.clone());
-    std::thread::sleep(Duration::from_millis(300));
+/// Start a campeer daemon reading the stamped shared memory, in latency mode `mode`.
+fn start_campeer(socket: &str, mode: &str) -> (Campeer, String) {
     let source = format!(
         "pipeline:shmsrc socket-path={socket} is-live=true do-timestamp=true ! video/x-raw,format=I420,width={W},height={H},framerate=30000/1001"
     );
@@ -423,15 +462,28 @@ fn main() {
             ("CAMPEER__VIDEO__FRAMERATE", "30"),
             ("CAMPEER__VIDEO__BITRATE_KBPS", "2500"),
             ("CAMPEER__CAMERA__MAX_VIEWERS", "40"),
+            ("CAMPEER__CAMERA__LATENCY", mode),
             ("CAMPEER__SERVER__OPEN_ROOMS", "[\"*\"]"),
             ("CAMPEER__LOG__LEVEL", "warn"),
         ],
     );
     let url = cam.room_url();
-    let base = common::base_of(&url);
-    let ws_url = format!("{}/ws", base.replace("http://", "ws://"));
+    (cam, common::base_of(&url))
+}
+
+fn main() {
+    let runs: usize = std::env::var("CAMPEER_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let dir = TempDir::new("latency");
+    let socket = dir.path().join("stamp.shm").display().to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stamper = start_stamper(&socket, stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
     println!(
-        "campeer glass-to-glass benchmark: 1280x720 @29.97, x264 ultrafast zerolatency {KBPS} kbit/s, loopback, headless Chromium; {runs} alternating runs of {FRAMES} frames per sender"
+        "campeer glass-to-glass benchmark: 1280x720 @29.97, x264 ultrafast zerolatency {KBPS} kbit/s, loopback, headless Chromium; {runs} rotating runs of {} frames per sender, one sender at a time",
+        frames_per_run()
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -439,42 +491,70 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let gst_pid = relay_webrtcbin(ws_url, "g2g-gst", socket.clone()).await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let browser = Browser::launch();
-        let mut campeer_runs = Vec::new();
-        let mut gst_runs = Vec::new();
-        for i in 0..runs {
-            let a = measure(&browser, &format!("{base}/room/g2g"), cam.pid()).await;
-            eprintln!("run {i} campeer: p50 {:.1} ms", pct(&a.lat, 0.5));
-            campeer_runs.push(a);
-            let b = measure(&browser, &format!("{base}/room/g2g-gst"), gst_pid).await;
-            eprintln!("run {i} webrtcbin: p50 {:.1} ms", pct(&b.lat, 0.5));
-            gst_runs.push(b);
-        }
-        summary("campeer", &campeer_runs);
-        summary("webrtcbin", &gst_runs);
-        let c: Vec<f64> = campeer_runs
-            .iter()
-            .flat_map(|r| r.lat.iter().copied())
-            .collect();
-        let g: Vec<f64> = gst_runs
-            .iter()
-            .flat_map(|r| r.lat.iter().copied())
-            .collect();
-        let ct: Vec<f64> = campeer_runs.iter().map(|r| r.ttff).collect();
-        let gt: Vec<f64> = gst_runs.iter().map(|r| r.ttff).collect();
-        println!(
-            "ratios campeer/webrtcbin: p50 {:.2}, p95 {:.2}, time to first frame {:.2}",
-            pct(&c, 0.5) / pct(&g, 0.5),
-            pct(&c, 0.95) / pct(&g, 0.95),
-            pct(&ct, 0.5) / pct(&gt, 0.5)
+        // webrtcbin joins a room on a campeer server that sends no media of its own.
+        let mut signal = Campeer::start(
+            &["serve", "--listen", "127.0.0.1:0"],
+            &[("CAMPEER__SERVER__OPEN_ROOMS", "[\"*\"]")],
         );
+        let line = signal.wait_stdout("signaling server on", Duration::from_secs(20));
+        let sbase = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap()
+            .trim_end_matches('/')
+            .to_owned();
+        let gst_pid = relay_webrtcbin(
+            format!("{}/ws", sbase.replace("http://", "ws://")),
+            "g2g",
+            socket.clone(),
+        )
+        .await;
+        let browser = Browser::launch();
+        let modes = ["lowest", "smooth"];
+        let mut results: Vec<Vec<RunResult>> = vec![Vec::new(), Vec::new(), Vec::new()];
+        for i in 0..runs {
+            // Rotate the order so no sender always runs first.
+            for k in 0..3 {
+                let which = (i + k) % 3;
+                let r = if which < 2 {
+                    let (cam, base) = start_campeer(&socket, modes[which]);
+                    let pid = AtomicU32::new(cam.pid());
+                    let r = measure(&browser, &format!("{base}/room/g2g"), &pid).await;
+                    drop(cam);
+                    r
+                } else {
+                    measure(&browser, &format!("{sbase}/room/g2g"), &gst_pid).await
+                };
+                eprintln!(
+                    "run {i} {}: p50 {:.1} ms",
+                    ["campeer lowest", "campeer smooth", "webrtcbin"][which],
+                    pct(&r.lat, 0.5)
+                );
+                results[which].push(r);
+            }
+        }
+        summary("lowest", &results[0]);
+        summary("smooth", &results[1]);
+        summary("webrtcbin", &results[2]);
+        let all = |rs: &[RunResult]| -> Vec<f64> {
+            rs.iter().flat_map(|r| r.lat.iter().copied()).collect()
+        };
+        let ttff = |rs: &[RunResult]| -> Vec<f64> { rs.iter().map(|r| r.ttff).collect() };
+        let g = all(&results[2]);
+        for (name, rs) in [("lowest", &results[0]), ("smooth", &results[1])] {
+            let c = all(rs);
+            println!(
+                "ratios {name}/webrtcbin: p50 {:.2}, p95 {:.2}, time to first frame {:.2}",
+                pct(&c, 0.5) / pct(&g, 0.5),
+                pct(&c, 0.95) / pct(&g, 0.95),
+                pct(&ttff(rs), 0.5) / pct(&ttff(&results[2]), 0.5)
+            );
+        }
         if std::env::var_os("CAMPEER_BENCH_SKIP_VIEWERS").is_none() {
+            let (cam, base) = start_campeer(&socket, "lowest");
             viewers_load(&browser, &format!("{base}/room/g2g"), cam.pid()).await;
         }
     });
     stop.store(true, Ordering::Relaxed);
     let _ = stamper.join();
-    let _ = cam.logs();
 }

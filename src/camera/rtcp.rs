@@ -1,7 +1,7 @@
 //! An interceptor, placed last in webrtc-rs's chain, that hands a viewer's keyframe requests
 //! (PLI and FIR) to campeer. By default webrtc-rs consumes all inbound RTCP inside its own
 //! interceptors and the application never learns that a browser asked for a keyframe
-//! (`docs/` and `../shared/docs/dependencies.md`, pitfall 2). Other RTCP (receiver reports,
+//! (without it Chromium waits for the periodic IDR: seconds of black). Other RTCP (receiver reports,
 //! NACK, TWCC) stays with the interceptors that act on it.
 
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
