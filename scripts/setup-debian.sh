@@ -2,6 +2,7 @@
 # Install what campeer needs on Debian 12 / Raspberry Pi OS (Bookworm), idempotently.
 #   scripts/setup-debian.sh run    build + runtime packages
 #   scripts/setup-debian.sh test   the above + what the tests drive (Chromium, gst tools)
+#   scripts/setup-debian.sh bench  the above + GStreamer's webrtcbin from Python (latency baseline)
 # apt-get runs only when a package is missing; Rust comes from rustup when cargo is absent.
 set -euo pipefail
 
@@ -13,9 +14,11 @@ runtime=(gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugin
 # libcamerasrc for CSI cameras exists on Debian 12 and Raspberry Pi OS; skip where absent.
 optional=(gstreamer1.0-libcamera)
 testing=(chromium iproute2 procps)
+benching=(python3-gi gir1.2-gst-plugins-bad-1.0 gir1.2-gst-plugins-base-1.0 gstreamer1.0-nice)
 
 pkgs=("${build[@]}" "${runtime[@]}")
-if [ "$what" = test ]; then pkgs+=("${testing[@]}"); fi
+if [ "$what" = test ] || [ "$what" = bench ]; then pkgs+=("${testing[@]}"); fi
+if [ "$what" = bench ]; then pkgs+=("${benching[@]}"); fi
 
 sudo_cmd=()
 if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
