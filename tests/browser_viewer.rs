@@ -51,11 +51,11 @@ async fn two_viewers_both_decode_from_one_encode() {
     // One encoder for both: the daemon built exactly one pipeline.
     let logs = cam.logs();
     assert_eq!(logs.matches("media pipeline built").count(), 1, "{logs}");
-    let metrics = reqwest_metrics(&base_of(&url)).await;
+    let metrics = http_get(&base_of(&url), "/metrics").await.1;
     assert!(metrics.contains("campeer_viewers 2"), "{metrics}");
     // Per-viewer RTT comes from the connection's stats, sampled every 2 s.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let metrics = reqwest_metrics(&base_of(&url)).await;
+    let metrics = http_get(&base_of(&url), "/metrics").await.1;
     let rtts: Vec<f64> = metrics
         .lines()
         .filter(|l| l.starts_with("campeer_viewer_rtt_seconds{"))
@@ -95,7 +95,7 @@ async fn a_reloaded_page_gets_video_again() {
     let base = base_of(&url);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let m = reqwest_metrics(&base).await;
+        let m = http_get(&base, "/metrics").await.1;
         if m.contains("campeer_viewers 1\n") {
             break;
         }
@@ -106,17 +106,4 @@ async fn a_reloaded_page_gets_video_again() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     drop(cam.wait_log("viewer gone", Duration::from_secs(1)));
-}
-
-/// GET /metrics with a plain HTTP/1.0 request.
-async fn reqwest_metrics(base: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let host = base.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
-    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    String::from_utf8_lossy(&buf).into_owned()
 }

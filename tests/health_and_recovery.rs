@@ -5,24 +5,6 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
-async fn get(base: &str, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let host = base.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, text)
-}
-
 fn metric(text: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
@@ -47,11 +29,11 @@ fn start(video: &str) -> (Campeer, String) {
 async fn healthy_while_frames_flow() {
     let (_cam, base) = start("test");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (code, body) = get(&base, "/healthz").await;
+    let (code, body) = http_get(&base, "/healthz").await;
     assert_eq!(code, 200, "{body}");
-    let (_, m1) = get(&base, "/metrics").await;
+    let (_, m1) = http_get(&base, "/metrics").await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let (_, m2) = get(&base, "/metrics").await;
+    let (_, m2) = http_get(&base, "/metrics").await;
     let (f1, f2) = (
         metric(&m1, "campeer_frames_encoded_total"),
         metric(&m2, "campeer_frames_encoded_total"),
@@ -66,7 +48,7 @@ async fn unhealthy_when_the_camera_sends_no_frames() {
     let (cam, base) = start("pipeline:videotestsrc is-live=true ! valve drop=true");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (code, body) = get(&base, "/healthz").await;
+        let (code, body) = http_get(&base, "/healthz").await;
         if code == 503 {
             assert!(body.contains("no frame"), "{body}");
             break;
@@ -86,9 +68,9 @@ async fn a_source_that_stops_is_restarted_and_frames_resume() {
     let (mut cam, base) = start("pipeline:videotestsrc is-live=true num-buffers=45");
     cam.wait_log("media pipeline failed; restarting", Duration::from_secs(10));
     cam.wait_log("media pipeline playing again", Duration::from_secs(10));
-    let (_, m1) = get(&base, "/metrics").await;
+    let (_, m1) = http_get(&base, "/metrics").await;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let (_, m2) = get(&base, "/metrics").await;
+    let (_, m2) = http_get(&base, "/metrics").await;
     let (f1, f2) = (
         metric(&m1, "campeer_frames_encoded_total"),
         metric(&m2, "campeer_frames_encoded_total"),
@@ -113,7 +95,7 @@ async fn a_missing_camera_is_named_and_retried_without_exiting() {
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (code, body) = get(&base, "/healthz").await;
+        let (code, body) = http_get(&base, "/healthz").await;
         if code == 503 {
             break;
         }

@@ -397,7 +397,8 @@ async fn flooding_is_rate_limited_without_hurting_others() {
     }
     let mut relayed = 0;
     let mut limited = 0;
-    // The burst (2x the rate) passes, the rest is refused with rate-limited.
+    // The burst (2x the rate, less the token the join used) passes, plus what refills while
+    // sending; the rest is refused with rate-limited.
     loop {
         match tokio::time::timeout(Duration::from_millis(300), cam.ws.next()).await {
             Ok(Some(Ok(Message::Text(_)))) => relayed += 1,
@@ -411,7 +412,7 @@ async fn flooding_is_rate_limited_without_hurting_others() {
         assert_eq!(v["code"], "rate-limited", "{v}");
         limited += 1;
     }
-    assert!((40..=60).contains(&relayed), "relayed {relayed}");
+    assert!((39..=60).contains(&relayed), "relayed {relayed}");
     assert_eq!(
         relayed + limited,
         100,

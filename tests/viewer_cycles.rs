@@ -86,7 +86,7 @@ async fn settled(cam: &Campeer, base: &str) {
     // Wait until the daemon has cleaned up the last viewer.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let m = http_get(base, "/metrics").await;
+        let (_, m) = http_get(base, "/metrics").await;
         if m.contains("campeer_viewers 0\n") {
             break;
         }
@@ -98,18 +98,6 @@ async fn settled(cam: &Campeer, base: &str) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-}
-
-async fn http_get(base: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let host = base.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    String::from_utf8_lossy(&buf).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -463,6 +463,26 @@ impl Page {
     }
 }
 
+/// `GET path` from `base` (`http://host:port`) with a plain HTTP/1.0 request: (status, whole
+/// response text).
+pub async fn http_get(base: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .expect("send request");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read response");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, text)
+}
+
 /// Start `campeer run` on the test pattern + test tone at 1280x720@30 with its embedded server
 /// on a free loopback port, and return it with the room URL it printed.
 pub fn start_camera(extra_args: &[&str], env: &[(&str, &str)]) -> (Campeer, String) {
