@@ -63,9 +63,15 @@ async fn lowest_negotiates_playout_delay_and_shows_frames_sooner() {
         smooth_ext.is_empty(),
         "smooth: no extension in the answer: {smooth_ext:?}"
     );
+    // With playout-delay 0/0 Chromium shows a frame ~1 ms after its last packet; its own
+    // jitter buffer (smooth) holds frames several ms longer, though how long varies per run.
     assert!(
-        lowest + 3.0 < smooth,
-        "lowest {lowest:.1} ms should be well under smooth {smooth:.1} ms"
+        lowest < 3.0,
+        "lowest: presentation - receive median {lowest:.1} ms"
+    );
+    assert!(
+        lowest < smooth,
+        "lowest {lowest:.1} ms should be under smooth {smooth:.1} ms"
     );
     assert!(lowest_text.contains("lowest latency"), "{lowest_text}");
     assert!(smooth_text.contains("smooth"), "{smooth_text}");

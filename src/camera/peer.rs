@@ -34,9 +34,9 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceServer, RTCIceTransportPolicy,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, Registry,
-    SettingEngineBuilder, register_default_interceptors,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceConnectionState, RTCIceServer,
+    RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    RTCSessionDescription, Registry, SettingEngineBuilder, register_default_interceptors,
 };
 
 /// RTP payload size limit (bytes), leaving room for SRTP, extensions and TURN framing.
@@ -76,6 +76,7 @@ struct Events {
     viewer: PeerId,
     tx: mpsc::Sender<PeerEvent>,
     state: watch::Sender<RTCPeerConnectionState>,
+    ice: watch::Sender<RTCIceConnectionState>,
 }
 
 #[async_trait::async_trait]
@@ -98,6 +99,10 @@ impl PeerConnectionEventHandler for Events {
                 tracing::debug!(viewer = %self.viewer, error = %e, "local candidate not serialisable")
             }
         }
+    }
+
+    async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
+        let _ = self.ice.send(state);
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
@@ -309,10 +314,12 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
         })
         .build();
     let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
+    let (ice_tx, ice_rx) = watch::channel(RTCIceConnectionState::New);
     let handler = Arc::new(Events {
         viewer: setup.viewer.clone(),
         tx: setup.events.clone(),
         state: state_tx,
+        ice: ice_tx,
     });
     let mdns_mode = if setup.mdns {
         MulticastDnsMode::QueryOnly
@@ -406,6 +413,7 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
         },
         setup.video,
         state_rx.clone(),
+        ice_rx.clone(),
         cancel.clone(),
     )));
     tasks.push(tokio::spawn(rtcp_loop(
@@ -435,6 +443,7 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
             },
             rx,
             state_rx,
+            ice_rx,
             cancel.clone(),
         )));
     }
@@ -538,40 +547,145 @@ struct Feed {
     keyframes: Option<KeyframeRequester>,
 }
 
+/// One viewer's RTP stream state: packetizer, sequence numbers, timestamp offset.
+struct RtpOut {
+    payloader: Box<dyn Payloader>,
+    seq: u16,
+    ts_offset: u32,
+    logged_error: bool,
+}
+
+impl RtpOut {
+    fn new(video: bool) -> Self {
+        let payloader: Box<dyn Payloader> = if video {
+            Box::new(H264Payloader::default())
+        } else {
+            Box::new(OpusPayloader)
+        };
+        Self {
+            payloader,
+            seq: rand::random(),
+            ts_offset: rand::random(),
+            logged_error: false,
+        }
+    }
+
+    /// Packetize one frame and write its packets; RTP time follows the frame's capture time.
+    async fn send(&mut self, f: &Feed, frame: &EncodedFrame) {
+        let ticks = (frame.pts.as_nanos() * f.clock_rate as u128 / 1_000_000_000) as u32;
+        let timestamp = self.ts_offset.wrapping_add(ticks);
+        let payloads = match self.payloader.payload(RTP_MTU, &frame.data) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(viewer = %f.viewer, error = %e, "cannot packetize frame");
+                return;
+            }
+        };
+        let n = payloads.len();
+        for (i, payload) in payloads.into_iter().enumerate() {
+            let mut packet = rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    marker: f.video && i + 1 == n,
+                    payload_type: f.pt,
+                    sequence_number: self.seq,
+                    timestamp,
+                    ssrc: f.ssrc,
+                    ..Default::default()
+                },
+                payload,
+            };
+            self.seq = self.seq.wrapping_add(1);
+            if let Some((id, value)) = &f.playout_delay {
+                // A one-byte-header id (1..=14) and a 3-byte value: cannot fail.
+                let _ = packet.header.set_extension(*id, value.clone());
+            }
+            if let Err(e) = f.track.write_rtp(packet).await {
+                f.stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                if !self.logged_error {
+                    tracing::warn!(viewer = %f.viewer, error = %e, "RTP send failed");
+                    self.logged_error = true;
+                }
+            }
+        }
+        if f.video {
+            f.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Most frames kept while DTLS finishes (from the keyframe requested when ICE connected).
+const EARLY_FRAMES: usize = 30;
+
 /// Wait for the connection, then send frames until cancelled or the connection ends.
+///
+/// Video asks for its keyframe as soon as ICE connects, while DTLS is still shaking hands, and
+/// keeps that keyframe and what follows it; once DTLS is up they go out at once, so the first
+/// frame does not wait a frame interval plus encode time after the connection is ready.
 async fn feed(
     f: Feed,
     mut rx: broadcast::Receiver<Arc<EncodedFrame>>,
     mut state: watch::Receiver<RTCPeerConnectionState>,
+    mut ice: watch::Receiver<RTCIceConnectionState>,
     cancel: CancellationToken,
 ) {
-    // Wait for DTLS to be up; packets written before are lost anyway.
+    let mut early: Vec<Arc<EncodedFrame>> = Vec::new();
+    let mut requested = false;
+    let mut ice_open = true;
     loop {
-        let s = *state.borrow_and_update();
-        match s {
+        match *state.borrow_and_update() {
             RTCPeerConnectionState::Connected => break,
             RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => return,
             _ => {}
         }
+        let ice_up = matches!(
+            *ice.borrow_and_update(),
+            RTCIceConnectionState::Connected | RTCIceConnectionState::Completed
+        );
+        if ice_up && !requested {
+            if let Some(k) = &f.keyframes {
+                rx = rx.resubscribe();
+                k.request_for_new_viewer();
+                requested = true;
+            }
+        }
         tokio::select! {
             r = state.changed() => if r.is_err() { return },
+            r = ice.changed(), if ice_open => if r.is_err() { ice_open = false },
+            r = rx.recv(), if requested => match r {
+                Ok(frame) if frame.keyframe => {
+                    early.clear();
+                    early.push(frame);
+                }
+                Ok(frame) => {
+                    if early.len() >= EARLY_FRAMES {
+                        // DTLS is slow: start over from a newer keyframe rather than send stale video.
+                        early.clear();
+                        if let Some(k) = &f.keyframes {
+                            k.request_for_new_viewer();
+                        }
+                    } else if !early.is_empty() {
+                        early.push(frame);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => early.clear(),
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
             _ = cancel.cancelled() => return,
         }
     }
-    // Start from a fresh keyframe (with SPS/PPS); skip what is queued before it.
-    rx = rx.resubscribe();
-    if let Some(k) = &f.keyframes {
-        k.request_for_new_viewer();
+    if !requested {
+        // Start from a fresh keyframe (with SPS/PPS); skip what is queued before it.
+        rx = rx.resubscribe();
+        if let Some(k) = &f.keyframes {
+            k.request_for_new_viewer();
+        }
     }
-    let mut payloader: Box<dyn Payloader> = if f.video {
-        Box::new(H264Payloader::default())
-    } else {
-        Box::new(OpusPayloader)
-    };
-    let mut seq: u16 = rand::random();
-    let ts_offset: u32 = rand::random();
-    let mut waiting_for_key = f.video;
-    let mut logged_error = false;
+    let mut out = RtpOut::new(f.video);
+    let mut waiting_for_key = f.video && early.is_empty();
+    for frame in early.drain(..) {
+        out.send(&f, &frame).await;
+    }
     loop {
         let frame = tokio::select! {
             r = rx.recv() => r,
@@ -598,45 +712,7 @@ async fn feed(
             }
             waiting_for_key = false;
         }
-        let ticks = (frame.pts.as_nanos() * f.clock_rate as u128 / 1_000_000_000) as u32;
-        let timestamp = ts_offset.wrapping_add(ticks);
-        let payloads = match payloader.payload(RTP_MTU, &frame.data) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(viewer = %f.viewer, error = %e, "cannot packetize frame");
-                continue;
-            }
-        };
-        let n = payloads.len();
-        for (i, payload) in payloads.into_iter().enumerate() {
-            let mut packet = rtc::rtp::Packet {
-                header: rtc::rtp::header::Header {
-                    version: 2,
-                    marker: if f.video { i + 1 == n } else { false },
-                    payload_type: f.pt,
-                    sequence_number: seq,
-                    timestamp,
-                    ssrc: f.ssrc,
-                    ..Default::default()
-                },
-                payload,
-            };
-            seq = seq.wrapping_add(1);
-            if let Some((id, value)) = &f.playout_delay {
-                // A one-byte-header id (1..=14) and a 3-byte value: cannot fail.
-                let _ = packet.header.set_extension(*id, value.clone());
-            }
-            if let Err(e) = f.track.write_rtp(packet).await {
-                f.stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                if !logged_error {
-                    tracing::warn!(viewer = %f.viewer, error = %e, "RTP send failed");
-                    logged_error = true;
-                }
-            }
-        }
-        if f.video {
-            f.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
-        }
+        out.send(&f, &frame).await;
     }
 }
 
