@@ -104,7 +104,7 @@ fn start_stamper(socket: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle
 /// Injected before the page's own scripts: measures every presented frame.
 const MEASURE_JS: &str = r#"
 (() => {
-  const M = window.__g2g = { frames: [], pcCreated: null, firstFrame: null, offset: Infinity, pcs: [] };
+  const M = window.__g2g = { frames: [], pcCreated: null, firstFrame: null, offset: 0, pcs: [] };
   const Orig = window.RTCPeerConnection;
   const Wrapped = function (...args) {
     if (M.pcCreated === null) M.pcCreated = performance.now();
@@ -114,8 +114,9 @@ const MEASURE_JS: &str = r#"
   };
   Wrapped.prototype = Orig.prototype;
   window.RTCPeerConnection = Wrapped;
-  const tick = () => { const o = Date.now() - performance.now(); if (o < M.offset) M.offset = o; };
-  setInterval(tick, 20); tick();
+  // performance.now() → wall clock: timeOrigin is the high-resolution wall-clock time of the
+  // page's time origin (Date.now() has only millisecond steps).
+  M.offset = performance.timeOrigin;
   const canvas = document.createElement('canvas');
   canvas.width = 1152; canvas.height = 32;
   const ctx = canvas.getContext('2d', { willReadFrequently: true });

@@ -29,6 +29,24 @@ async fn chromium_decodes_video_and_receives_audio() {
         "video kept decoding: {tile:?} then {t:?}"
     );
     assert_eq!(t.freeze_count, 0, "no freeze: {t:?}");
+    // The answer offers what recovery needs: NACK (over RTX), PLI and FIR for H.264.
+    let answer = page
+        .eval("[...window.campeer.cams.values()][0].pc.currentRemoteDescription.sdp")
+        .await;
+    let answer = answer.as_str().unwrap_or_default();
+    for needle in [
+        "rtx/90000",
+        "a=ssrc-group:FID",
+        " nack\r\n",
+        " nack pli",
+        " ccm fir",
+        "packetization-mode=1",
+    ] {
+        assert!(
+            answer.contains(needle),
+            "answer lacks {needle:?}:\n{answer}"
+        );
+    }
     // The page shows what it plays.
     let text = page.text().await;
     assert!(

@@ -11,6 +11,7 @@ use crate::media::pipeline::{EncodedFrame, KeyframeRequester};
 use crate::signal::protocol::{IceCandidate, PeerId};
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::Slot;
+use rtc::peer_connection::configuration::media_engine::MIME_TYPE_RTX;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp::codec::h264::H264Payloader;
@@ -18,7 +19,9 @@ use rtc::rtp::codec::opus::OpusPayloader;
 use rtc::rtp::extension::playout_delay_extension::PlayoutDelayExtension;
 use rtc::rtp::packetizer::Payloader;
 use rtc::rtp_transceiver::RTCRtpTransceiverDirection;
-use rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpHeaderExtensionCapability, TYPE_RTCP_FB_CCM, TYPE_RTCP_FB_NACK,
+};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RtpCodecKind,
@@ -211,12 +214,42 @@ pub struct Peer {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+fn feedback(typ: &str, parameter: &str) -> RTCPFeedback {
+    RTCPFeedback {
+        typ: typ.to_owned(),
+        parameter: parameter.to_owned(),
+    }
+}
+
+/// campeer's H.264 payload type in its own registry (answers use the viewer's numbers).
+const H264_PT: u8 = 102;
+/// The RTX (RFC 4588) payload type paired with [`H264_PT`].
+const RTX_PT: u8 = 103;
+
 fn codec_h264() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: "video/H264".to_owned(),
         clock_rate: 90_000,
         channels: 0,
         sdp_fmtp_line: H264_FMTP.to_owned(),
+        // Stated here rather than left to the default interceptors: NACK (answered from the
+        // send buffer, over RTX when negotiated), PLI and FIR (keyframe requests).
+        rtcp_feedback: vec![
+            feedback(TYPE_RTCP_FB_NACK, ""),
+            feedback(TYPE_RTCP_FB_NACK, "pli"),
+            feedback(TYPE_RTCP_FB_CCM, "fir"),
+        ],
+    }
+}
+
+/// RTX for H.264: retransmissions on their own SSRC, so the browser's loss and jitter
+/// statistics for the media stream stay clean.
+fn codec_rtx() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_RTX.to_owned(),
+        clock_rate: 90_000,
+        channels: 0,
+        sdp_fmtp_line: format!("apt={H264_PT}"),
         rtcp_feedback: vec![],
     }
 }
@@ -278,7 +311,16 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
     me.register_codec(
         RTCRtpCodecParameters {
             rtp_codec: codec_h264(),
-            payload_type: 102,
+            payload_type: H264_PT,
+            ..Default::default()
+        },
+        RtpCodecKind::Video,
+    )?;
+    // Negotiated when the offer has RTX for H.264; the NACK responder then resends over it.
+    me.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: codec_rtx(),
+            payload_type: RTX_PT,
             ..Default::default()
         },
         RtpCodecKind::Video,
@@ -387,7 +429,7 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
     let cancel = CancellationToken::new();
     let mut tasks = Vec::new();
     // Payload types as negotiated (the browser's numbers, not the ones registered above).
-    let video_pt = negotiated_pt(&video_sender).await.unwrap_or(102);
+    let video_pt = negotiated_pt(&video_sender).await.unwrap_or(H264_PT);
     // The negotiated id, set on each packet by `feed` and written with plain `write_rtp`:
     // webrtc-rs 0.21.1's `write_rtp_with_extensions` (and its sample writer) use extension ids
     // snapshotted before negotiation, so the core rejects those packets ("extension not found").
