@@ -5,31 +5,14 @@
 //! whole media pipeline (test pattern with clock overlay → encoder → appsink → fan-out with one
 //! consumer), and keyframe-request → keyframe latency (5 requests, 1.1 s apart).
 
+#[path = "support/procstat.rs"]
+mod procstat;
+
 use campeer::media::encoder::EncodeSettings;
 use campeer::media::pipeline::{MediaPipeline, MediaSettings};
 use campeer::media::source::{AudioSource, VideoSource};
+use procstat::{cpu_percent, cpu_ticks, status_kb};
 use std::time::{Duration, Instant};
-
-fn cpu_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the ")" of the command name: utime is field 14, stime 15 (1-based).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-}
-
-fn status_kb(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 fn one(encoder: &str, width: u32, height: u32) {
     let settings = MediaSettings {
@@ -62,14 +45,12 @@ fn one(encoder: &str, width: u32, height: u32) {
             }
         });
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let (t0, c0, f0) = (Instant::now(), cpu_ticks(), frames.load(std::sync::atomic::Ordering::Relaxed));
+        let (t0, c0, f0) = (Instant::now(), cpu_ticks(None), frames.load(std::sync::atomic::Ordering::Relaxed));
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let ticks = cpu_ticks() - c0;
+        let ticks = cpu_ticks(None) - c0;
         let secs = t0.elapsed().as_secs_f64();
         let fps = (frames.load(std::sync::atomic::Ordering::Relaxed) - f0) as f64 / secs;
-        // SAFETY: sysconf is always safe to call.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        let cpu = ticks as f64 / hz / secs * 100.0;
+        let cpu = cpu_percent(ticks, secs);
         let mut kf = Vec::new();
         let mut krx = p.video.subscribe();
         for _ in 0..5 {
@@ -90,8 +71,8 @@ fn one(encoder: &str, width: u32, height: u32) {
         println!(
             "{encoder:<12} {width:>4}x{height:<4}@30  {:>6.1} % of a core  RSS {:>6.1} MB (peak {:>6.1} MB)  {fps:>5.1} fps out  keyframe after request: median {:>5.1} ms, max {:>5.1} ms",
             cpu,
-            status_kb("VmRSS:") as f64 / 1024.0,
-            status_kb("VmHWM:") as f64 / 1024.0,
+            status_kb(None, "VmRSS:") as f64 / 1024.0,
+            status_kb(None, "VmHWM:") as f64 / 1024.0,
             kf[kf.len() / 2].as_secs_f64() * 1e3,
             kf.last().unwrap().as_secs_f64() * 1e3,
         );

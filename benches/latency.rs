@@ -16,8 +16,19 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/procstat.rs"]
+mod procstat;
 
 use common::{Browser, Campeer, Page, TempDir};
+use procstat::{cpu_percent, status_kb};
+
+fn cpu_ticks(pid: u32) -> u64 {
+    procstat::cpu_ticks(Some(pid))
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    status_kb(Some(pid), "VmRSS:") as f64 / 1024.0
+}
 use futures_util::{SinkExt, StreamExt};
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -181,32 +192,6 @@ fn pct(v: &[f64], p: f64) -> f64 {
     s[((s.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
-fn hz() -> f64 {
-    // SAFETY: sysconf is always safe to call.
-    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
-}
-
 /// One measured run: open the room page, wait for FRAMES presented frames, collect.
 async fn measure(browser: &Browser, url: &str, sender: &AtomicU32) -> RunResult {
     let mut page: Page = browser.open_with_script(url, Some(MEASURE_JS)).await;
@@ -232,8 +217,10 @@ async fn measure(browser: &Browser, url: &str, sender: &AtomicU32) -> RunResult 
     }
     let sender_pid = sender.load(Ordering::Relaxed);
     let (t0, c0) = cpu0.unwrap_or((started, cpu_ticks(sender_pid)));
-    let cpu =
-        cpu_ticks(sender_pid).saturating_sub(c0) as f64 / hz() / t0.elapsed().as_secs_f64() * 100.0;
+    let cpu = cpu_percent(
+        cpu_ticks(sender_pid).saturating_sub(c0),
+        t0.elapsed().as_secs_f64(),
+    );
     let v: Value = serde_json::from_str(page.eval(RESULT_JS).await.as_str().unwrap_or("{}"))
         .unwrap_or_default();
     page.cdp
@@ -422,7 +409,10 @@ async fn viewers_load(browser: &Browser, url: &str, pid: u32) {
         tokio::time::sleep(Duration::from_secs(5)).await;
         let (t0, c0) = (Instant::now(), cpu_ticks(pid));
         tokio::time::sleep(Duration::from_secs(15)).await;
-        let cpu = (cpu_ticks(pid) - c0) as f64 / hz() / t0.elapsed().as_secs_f64() * 100.0;
+        let cpu = cpu_percent(
+            cpu_ticks(pid).saturating_sub(c0),
+            t0.elapsed().as_secs_f64(),
+        );
         let mut connected = 0;
         let mut dropped = 0;
         for p in pages.iter_mut() {

@@ -6,6 +6,9 @@
 //! - relay latency (viewer `offer` sent → camera receives it), p50 / p99 / max, while all the
 //!   other connections stay open.
 
+#[path = "support/procstat.rs"]
+mod procstat;
+
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
@@ -31,15 +34,7 @@ fn raise_fd_limit() {
 }
 
 fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    procstat::status_kb(Some(pid), "VmRSS:")
 }
 
 async fn recv(ws: &mut Ws) -> Value {
