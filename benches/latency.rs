@@ -483,17 +483,7 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         // webrtcbin joins a room on a campeer server that sends no media of its own.
-        let mut signal = Campeer::start(
-            &["serve", "--listen", "127.0.0.1:0"],
-            &[("CAMPEER__SERVER__OPEN_ROOMS", "[\"*\"]")],
-        );
-        let line = signal.wait_stdout("signaling server on", Duration::from_secs(20));
-        let sbase = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap()
-            .trim_end_matches('/')
-            .to_owned();
+        let (_signal, sbase) = common::start_server("[\"*\"]");
         let gst_pid = relay_webrtcbin(
             format!("{}/ws", sbase.replace("http://", "ws://")),
             "g2g",

@@ -120,17 +120,7 @@ async fn the_page_recovers_when_the_signaling_server_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_room_page_reaches_the_room_on_a_standalone_server() {
-    let mut server = Campeer::start(
-        &["serve", "--listen", "127.0.0.1:0"],
-        &[("CAMPEER__SERVER__OPEN_ROOMS", "[\"lobby\"]")],
-    );
-    let line = server.wait_stdout("signaling server on", Duration::from_secs(20));
-    let base = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .trim_end_matches('/')
-        .to_owned();
+    let (_server, base) = start_server("[\"lobby\"]");
     let browser = Browser::launch();
     let mut page = browser.open(&format!("{base}/room/lobby")).await;
     let deadline = Instant::now() + Duration::from_secs(20);

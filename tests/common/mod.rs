@@ -463,6 +463,23 @@ impl Page {
     }
 }
 
+/// Start `campeer serve` on a free loopback port with `open_rooms` (a TOML list) open, and
+/// return it with its base URL (`http://127.0.0.1:port`).
+pub fn start_server(open_rooms: &str) -> (Campeer, String) {
+    let mut server = Campeer::start(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("CAMPEER__SERVER__OPEN_ROOMS", open_rooms)],
+    );
+    let line = server.wait_stdout("signaling server on", Duration::from_secs(20));
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .trim_end_matches('/')
+        .to_owned();
+    (server, base)
+}
+
 /// `GET path` from `base` (`http://host:port`) with a plain HTTP/1.0 request: (status, whole
 /// response text).
 pub async fn http_get(base: &str, path: &str) -> (u16, String) {
