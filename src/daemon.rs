@@ -200,25 +200,25 @@ struct CameraObserver {
     media: Arc<MediaPipeline>,
     camera: Arc<CameraState>,
     stall: Duration,
-    started: std::time::Instant,
+    /// Whether capture is wanted now (always-on, or viewers present).
+    demand: watch::Receiver<bool>,
 }
 
 impl Observer for CameraObserver {
     fn health(&self) -> Result<(), String> {
-        let last = self.media.stats.last_frame_unix_ms.load(Ordering::Relaxed);
+        if !*self.demand.borrow() {
+            return Ok(()); // capture is off on purpose: no viewers
+        }
+        let stats = &self.media.stats;
+        // Frames are expected from whichever is later: the last frame, or the last start.
+        let last = stats
+            .last_frame_unix_ms
+            .load(Ordering::Relaxed)
+            .max(stats.started_unix_ms.load(Ordering::Relaxed));
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        if last == 0 {
-            if self.started.elapsed() > self.stall {
-                return Err(format!(
-                    "no frame from the camera since start ({:?})",
-                    self.started.elapsed()
-                ));
-            }
-            return Ok(());
-        }
         let age = Duration::from_millis(now.saturating_sub(last));
         if age > self.stall {
             return Err(format!(
@@ -329,40 +329,65 @@ fn pipeline_problem(msg: &gstreamer::Message) -> Option<String> {
     }
 }
 
-/// Keep the pipeline playing: on an error on its bus (device unplugged, busy, I/O error) or
-/// end-of-stream, log it with the element that failed, and restart the pipeline with backoff
+/// Keep the pipeline playing while capture is wanted (`demand`: always-on, or viewers present)
+/// and stopped while it is not. On an error on its bus (device unplugged, busy, I/O error) or
+/// end-of-stream, log it with the element that failed and restart the pipeline with backoff
 /// until it plays again. The daemon never exits for a device fault.
 fn spawn_media_supervisor(
     media: Arc<MediaPipeline>,
     tasks: &TaskTracker,
     shutdown: CancellationToken,
     mut playing: bool,
+    mut demand: watch::Receiver<bool>,
 ) {
     let Some(bus) = media.bus() else { return };
     tasks.spawn(async move {
         use futures_util::{FutureExt, StreamExt};
         let mut messages = bus.stream();
         let mut attempt = 0u32;
+        // The last start failed (or the pipeline broke): wait a backoff before the next try.
+        let mut failing = !playing && *demand.borrow();
         loop {
+            let wanted = *demand.borrow_and_update();
+            if playing && !wanted {
+                media.stop();
+                playing = false;
+                failing = false;
+                attempt = 0;
+                tracing::info!(source = %media.source, "no viewers: capture stopped");
+                continue;
+            }
             if playing {
                 let msg = tokio::select! {
                     m = messages.next() => match m { Some(m) => m, None => break },
+                    r = demand.changed() => { if r.is_err() { break } continue }
                     _ = shutdown.cancelled() => break,
                 };
                 if let Some(problem) = pipeline_problem(&msg) {
                     tracing::error!(source = %media.source, %problem, "media pipeline failed; restarting it");
                     media.stop();
                     playing = false;
+                    failing = true;
                 }
                 continue;
             }
-            let wait = camera::backoff(attempt);
-            attempt = (attempt + 1).min(8);
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.cancelled() => break,
+            if !wanted {
+                tokio::select! {
+                    r = demand.changed() => if r.is_err() { break },
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
             }
-            // What the failed run left on the bus.
+            if failing {
+                let wait = camera::backoff(attempt);
+                attempt = (attempt + 1).min(8);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    r = demand.changed() => { if r.is_err() { break } continue }
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+            // What the previous run left on the bus.
             while let Some(Some(msg)) = messages.next().now_or_never() {
                 if let Some(problem) = pipeline_problem(&msg) {
                     tracing::debug!(%problem, "earlier pipeline message");
@@ -372,15 +397,60 @@ fn spawn_media_supervisor(
             let m = media.clone();
             match tokio::task::spawn_blocking(move || m.start(Duration::from_secs(5))).await {
                 Ok(Ok(())) => {
-                    tracing::info!(source = %media.source, "media pipeline playing again");
+                    if failing {
+                        tracing::info!(source = %media.source, "media pipeline playing again");
+                    } else {
+                        tracing::info!(source = %media.source, "a viewer arrived: capture started");
+                    }
                     attempt = 0;
+                    failing = false;
                     playing = true;
                 }
-                Ok(Err(e)) => tracing::warn!(
-                    source = %media.source, error = %e, retry_in = ?camera::backoff(attempt),
-                    "media pipeline still failing"
-                ),
-                Err(e) => tracing::warn!(error = %e, "pipeline restart task failed"),
+                Ok(Err(e)) => {
+                    failing = true;
+                    tracing::warn!(
+                        source = %media.source, error = %e, retry_in = ?camera::backoff(attempt),
+                        "media pipeline still failing"
+                    )
+                }
+                Err(e) => {
+                    failing = true;
+                    tracing::warn!(error = %e, "pipeline restart task failed")
+                }
+            }
+        }
+    });
+}
+
+/// Capture demand from the viewer count: on with the first viewer, off `idle_stop` after the
+/// last one leaves.
+fn spawn_demand(
+    tasks: &TaskTracker,
+    shutdown: CancellationToken,
+    mut viewers: watch::Receiver<usize>,
+    demand: watch::Sender<bool>,
+    idle_stop: Duration,
+) {
+    tasks.spawn(async move {
+        loop {
+            let n = *viewers.borrow_and_update();
+            if n > 0 {
+                demand.send_replace(true);
+            } else if *demand.borrow() {
+                tokio::select! {
+                    _ = tokio::time::sleep(idle_stop) => {
+                        if *viewers.borrow() == 0 {
+                            demand.send_replace(false);
+                        }
+                        continue;
+                    }
+                    r = viewers.changed() => { if r.is_err() { break } continue }
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+            tokio::select! {
+                r = viewers.changed() => if r.is_err() { break },
+                _ = shutdown.cancelled() => break,
             }
         }
     });
@@ -407,24 +477,46 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         audio = %config.audio.source,
         "media pipeline built"
     );
-    let playing = {
-        let m = media.clone();
-        match tokio::task::spawn_blocking(move || m.start(Duration::from_secs(10)))
-            .await
-            .map_err(|e| PipelineError::Init(e.to_string()))?
-        {
-            Ok(()) => true,
-            Err(e) => {
-                // A camera that is missing or busy now may come back: keep serving the room
-                // (and /healthz, which reports the fault) and retry with backoff.
-                tracing::error!(source = %media.source, error = %e, "cannot start capture; retrying");
-                false
+    let always_on = config.camera.always_on;
+    let playing = always_on
+        && {
+            let m = media.clone();
+            match tokio::task::spawn_blocking(move || m.start(Duration::from_secs(10)))
+                .await
+                .map_err(|e| PipelineError::Init(e.to_string()))?
+            {
+                Ok(()) => true,
+                Err(e) => {
+                    // A camera that is missing or busy now may come back: keep serving the room
+                    // (and /healthz, which reports the fault) and retry with backoff.
+                    tracing::error!(source = %media.source, error = %e, "cannot start capture; retrying");
+                    false
+                }
             }
-        }
-    };
+        };
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    spawn_media_supervisor(media.clone(), &tasks, shutdown.clone(), playing);
+    let (demand_tx, demand_rx) = watch::channel(always_on);
+    let (viewers_tx, viewers_rx) = watch::channel(0usize);
+    spawn_media_supervisor(
+        media.clone(),
+        &tasks,
+        shutdown.clone(),
+        playing,
+        demand_rx.clone(),
+    );
+    if always_on {
+        drop(viewers_rx);
+    } else {
+        tracing::info!(idle_stop = ?config.camera.idle_stop, "capture starts with the first viewer");
+        spawn_demand(
+            &tasks,
+            shutdown.clone(),
+            viewers_rx,
+            demand_tx,
+            config.camera.idle_stop,
+        );
+    }
 
     let camera_state = Arc::new(CameraState::default());
     let embedded = config.camera.signal_url.is_empty();
@@ -440,7 +532,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
             media: media.clone(),
             camera: camera_state.clone(),
             stall: config.camera.stall_timeout,
-            started: std::time::Instant::now(),
+            demand: demand_rx.clone(),
         });
         let server = SignalServer::start(
             listener,
@@ -513,6 +605,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         udp_addrs: config.camera.rtc_bind.clone(),
         mdns: config.camera.mdns,
         playout_delay_zero: config.camera.latency == crate::config::LatencyMode::Lowest,
+        viewer_count: Some(viewers_tx),
     };
     // Keep-alives start now: waiting for an unreachable remote server is not a hang.
     spawn_watchdog(&tasks, shutdown.clone());

@@ -61,6 +61,8 @@ pub struct CameraSettings {
     pub mdns: bool,
     /// Latency mode `lowest`: playout-delay min=max=0 on every video packet.
     pub playout_delay_zero: bool,
+    /// Told the number of live viewers whenever it changes (on-demand capture).
+    pub viewer_count: Option<watch::Sender<usize>>,
 }
 
 /// Shared, read-mostly state for `/metrics`, `/healthz` and readiness.
@@ -259,6 +261,13 @@ impl Camera {
         if let Ok(mut v) = self.state.viewers.lock() {
             v.remove(id);
         }
+        self.publish_count();
+    }
+
+    fn publish_count(&self) {
+        if let Some(tx) = &self.settings.viewer_count {
+            tx.send_replace(self.peers.len());
+        }
     }
 
     fn drop_peer(&mut self, id: &PeerId, why: &str) {
@@ -354,6 +363,7 @@ impl Camera {
                             v.insert(from.clone(), p.stats.clone());
                         }
                         self.peers.insert(from.clone(), p);
+                        self.publish_count();
                         tracing::info!(viewer = %from, viewers = self.peers.len(), "viewer connecting");
                         send(
                             ws,

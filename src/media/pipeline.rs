@@ -95,6 +95,8 @@ pub struct MediaStats {
     pub keyframe_requests: AtomicU64,
     /// Milliseconds since the Unix epoch of the last video frame (0: none yet).
     pub last_frame_unix_ms: AtomicU64,
+    /// Milliseconds since the Unix epoch when capture was last started.
+    pub started_unix_ms: AtomicU64,
 }
 
 /// Asks the encoder for a keyframe with SPS/PPS, at most once per [`KEYFRAME_MIN_INTERVAL`]
@@ -274,6 +276,9 @@ impl MediaPipeline {
     /// Set the pipeline playing; waits (up to `timeout`) for the state change and reports a
     /// failed one (device missing or busy, caps refused).
     pub fn start(&self, timeout: Duration) -> Result<(), PipelineError> {
+        self.stats
+            .started_unix_ms
+            .store(unix_ms(), Ordering::Relaxed);
         self.pipeline
             .set_state(gst::State::Playing)
             .map_err(|_| PipelineError::Start(self.bus_error()))?;
@@ -331,9 +336,8 @@ impl MediaPipeline {
         }
     }
 
-    /// Stop: the pipeline goes to NULL (device closed, encoder freed).
+    /// Stop: the pipeline goes to NULL (device closed, encoder freed). It can start again.
     pub fn stop(&self) {
-        self.keyframes.set_pad(None);
         let _ = self.pipeline.set_state(gst::State::Null);
     }
 }
