@@ -39,7 +39,7 @@
   $('unmute').addEventListener('click', () => {
     state.muted = !state.muted;
     for (const cam of state.cams.values()) cam.video.muted = state.muted;
-    $('unmute').textContent = state.muted ? '🔇 Unmute' : '🔊 Mute';
+    $('unmute').textContent = state.muted ? 'Unmute' : 'Mute';
   });
 
   function updateEmpty() {
@@ -66,7 +66,7 @@
     stats.className = 'stats';
     const fs = document.createElement('button');
     fs.type = 'button';
-    fs.textContent = '⛶';
+    fs.textContent = 'Full screen';
     fs.title = 'Fullscreen';
     fs.addEventListener('click', () => (video.requestFullscreen ? video.requestFullscreen() : video.webkitEnterFullscreen && video.webkitEnterFullscreen()));
     bar.append(label, st, stats, fs);
