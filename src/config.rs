@@ -75,6 +75,8 @@ pub struct CameraConfig {
     pub signal_url: String,
     /// The camera token for a remote server (the embedded server's cameras mint their own).
     pub token: String,
+    /// Extra PEM certificates trusted for a `wss://` signal-url (private CA, self-signed).
+    pub signal_ca: Option<std::path::PathBuf>,
     /// Most viewers served at once; the next one gets an `error`.
     pub max_viewers: usize,
     /// Keep capturing with no viewer (`true`), or only while someone watches (`false`).
@@ -114,6 +116,7 @@ impl Default for CameraConfig {
             name: String::new(),
             signal_url: String::new(),
             token: String::new(),
+            signal_ca: None,
             max_viewers: 10,
             always_on: true,
             idle_stop: Duration::from_secs(30),

@@ -240,7 +240,10 @@ impl Observer for CameraObserver {
              # TYPE campeer_keyframe_requests_total counter\ncampeer_keyframe_requests_total {}\n\
              # TYPE campeer_signaling_joined gauge\ncampeer_signaling_joined {}\n\
              # TYPE campeer_signaling_connects_total counter\ncampeer_signaling_connects_total {}\n\
-             # TYPE campeer_viewers_refused_total counter\ncampeer_viewers_refused_total {}\n",
+             # TYPE campeer_viewers_refused_total counter\ncampeer_viewers_refused_total {}\n\
+             # TYPE campeer_turn_tcp_connections_total counter\ncampeer_turn_tcp_connections_total {}\n\
+             # TYPE campeer_turn_tcp_failures_total counter\ncampeer_turn_tcp_failures_total {}\n\
+             # TYPE campeer_turn_check_failures_total counter\ncampeer_turn_check_failures_total {}\n",
             self.camera.viewer_count(),
             s.frames.load(Ordering::Relaxed),
             s.keyframes.load(Ordering::Relaxed),
@@ -250,6 +253,9 @@ impl Observer for CameraObserver {
             self.camera.joined.load(Ordering::Relaxed) as u8,
             self.camera.signal_connects.load(Ordering::Relaxed),
             self.camera.viewers_refused.load(Ordering::Relaxed),
+            self.camera.turn_tcp.connections.load(Ordering::Relaxed),
+            self.camera.turn_tcp.failures.load(Ordering::Relaxed),
+            self.camera.turn_check_failures.load(Ordering::Relaxed),
         );
         if let Ok(viewers) = self.camera.viewers.lock() {
             type Metric = (&'static str, &'static str, fn(&PeerStats) -> f64);
@@ -606,6 +612,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         mdns: config.camera.mdns,
         playout_delay_zero: config.camera.latency == crate::config::LatencyMode::Lowest,
         viewer_count: Some(viewers_tx),
+        signal_ca: config.camera.signal_ca.clone(),
     };
     // Keep-alives start now: waiting for an unreachable remote server is not a hang.
     spawn_watchdog(&tasks, shutdown.clone());

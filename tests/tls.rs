@@ -66,3 +66,71 @@ fn a_missing_certificate_is_a_clear_start_up_error() {
         cam.logs()
     );
 }
+
+/// A camera behind NAT joins a public `campeer serve` over wss://: trusted through
+/// `camera.signal-ca` when the certificate is self-signed, refused (and retried) without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn camera_joins_a_remote_server_over_wss() {
+    let dir = TempDir::new("wss");
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("self-signed cert");
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let c = format!("\"{}\"", cert_path.display());
+    let k = format!("\"{}\"", key_path.display());
+    let mut server = Campeer::start(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[
+            ("CAMPEER__SERVER__OPEN_ROOMS", "[\"yard\"]"),
+            ("CAMPEER__SERVER__TLS_CERT", &c),
+            ("CAMPEER__SERVER__TLS_KEY", &k),
+        ],
+    );
+    let line = server.wait_stdout("signaling server on", Duration::from_secs(20));
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("https://"))
+        .unwrap_or_else(|| panic!("no https address in {line:?}"))
+        .trim_end_matches('/')
+        .to_owned();
+    let wss = format!("{}/ws", base.replacen("https://", "wss://", 1));
+    let run = |ca: Option<&str>| {
+        let mut env = vec![
+            ("CAMPEER__VIDEO__WIDTH", "640"),
+            ("CAMPEER__VIDEO__HEIGHT", "480"),
+        ];
+        if let Some(ca) = ca {
+            env.push(("CAMPEER__CAMERA__SIGNAL_CA", ca));
+        }
+        Campeer::start(
+            &[
+                "run",
+                "--video",
+                "test",
+                "--audio",
+                "none",
+                "--room",
+                "yard",
+                "--signal-url",
+                &wss,
+            ],
+            &env,
+        )
+    };
+    // Not trusted: a clear, retried error; the daemon keeps running.
+    let mut untrusted = run(None);
+    let e = untrusted.wait_log("cannot reach the signaling server", Duration::from_secs(20));
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+    assert!(untrusted.child.try_wait().unwrap().is_none());
+    drop(untrusted);
+    // Trusted through signal-ca: it joins, and a browser watches it over https.
+    let mut cam = run(Some(&c));
+    cam.wait_log("joined room as camera", Duration::from_secs(20));
+    let browser = Browser::launch();
+    let mut page = browser.open(&format!("{base}/room/yard")).await;
+    let tile = page.wait_frames(30, Duration::from_secs(30)).await;
+    assert_eq!(tile.frame_width, 640, "{tile:?}");
+}

@@ -3,11 +3,18 @@
 //! trickles ICE both ways, and cleans viewers up when they leave, close or fail.
 //!
 //! One task owns the signaling connection and every viewer's [`peer::Peer`]; webrtc-rs callbacks
-//! reach it only through a channel. A lost signaling connection is retried with exponential
-//! backoff and jitter (capped at 10 s); viewers keep streaming meanwhile and call again.
+//! reach it only through a channel. The camera pings the server every 5 s and treats 15 s of
+//! silence as a lost connection (a cut link leaves TCP hanging for minutes otherwise). A lost
+//! connection is retried with jittered exponential backoff: capped at 1 s for the first minute
+//! (so a camera is back within about a second of its link returning), then at 10 s. Each
+//! process joins with one random `instance`, so on rejoining the server retires the connection
+//! it replaces at once. Viewers keep streaming meanwhile; their next offer after a rejoin starts
+//! a fresh connection.
 
 pub mod peer;
 pub mod rtcp;
+pub mod turn_check;
+pub mod turn_tcp;
 
 use crate::media::pipeline::MediaPipeline;
 use crate::signal::protocol::{ClientMessage, IceServer, PeerId, Role, ServerMessage};
@@ -26,6 +33,18 @@ use webrtc::peer_connection::{RTCIceServer, RTCPeerConnectionState};
 
 /// Longest wait between reconnection attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Longest wait between attempts during the first [`FAST_RETRY_FOR`] of an outage.
+pub const FAST_BACKOFF: Duration = Duration::from_secs(1);
+/// How long after losing a working connection the camera retries at [`FAST_BACKOFF`].
+pub const FAST_RETRY_FOR: Duration = Duration::from_secs(60);
+/// How often the camera pings the signaling server.
+pub const PING_EVERY: Duration = Duration::from_secs(5);
+/// Silence (no frame, not even a pong) after which the signaling connection counts as lost.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(15);
+/// Time allowed for the TCP connection to the signaling server (the SYN is resent after 1 s).
+pub const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time allowed for the TLS and WebSocket handshakes after TCP connects.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the camera proves it may join.
 #[derive(Clone, Debug)]
@@ -63,6 +82,9 @@ pub struct CameraSettings {
     pub playout_delay_zero: bool,
     /// Told the number of live viewers whenever it changes (on-demand capture).
     pub viewer_count: Option<watch::Sender<usize>>,
+    /// Extra trust anchors for a `wss://` signaling server (a private CA or self-signed
+    /// certificate), besides the system's roots.
+    pub signal_ca: Option<std::path::PathBuf>,
 }
 
 /// Shared, read-mostly state for `/metrics`, `/healthz` and readiness.
@@ -76,6 +98,36 @@ pub struct CameraState {
     pub viewers_refused: AtomicU64,
     /// Live viewers and their counters.
     pub viewers: Mutex<HashMap<PeerId, Arc<PeerStats>>>,
+    /// TURN-over-TCP bridge counters.
+    pub turn_tcp: Arc<turn_tcp::BridgeStats>,
+    /// TURN checks that failed (credentials rejected, no answer) since start.
+    pub turn_check_failures: AtomicU64,
+    /// A TURN server gave no answer over UDP.
+    pub turn_udp_silent: AtomicBool,
+    /// A TURN server answered over TCP.
+    pub turn_tcp_ok: AtomicBool,
+    /// Both: this network blocks UDP, so new viewers get relay-only connections (webrtc-rs
+    /// 0.21.1 fails to complete DTLS over the relay when its unusable host pairs stay in play).
+    pub relay_auto: AtomicBool,
+}
+
+impl CameraState {
+    /// Record one TURN check verdict; switches to relay-only once UDP is silent and TCP works.
+    fn turn_verdict(&self, tcp: bool, answered: bool) {
+        match (tcp, answered) {
+            (false, false) => self.turn_udp_silent.store(true, Ordering::Relaxed),
+            (true, true) => self.turn_tcp_ok.store(true, Ordering::Relaxed),
+            _ => {}
+        }
+        if self.turn_udp_silent.load(Ordering::Relaxed)
+            && self.turn_tcp_ok.load(Ordering::Relaxed)
+            && !self.relay_auto.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "UDP gets no answer from the TURN server but TCP does: this network blocks UDP, so new viewers use the TURN relay only (over TCP)"
+            );
+        }
+    }
 }
 
 impl CameraState {
@@ -83,18 +135,6 @@ impl CameraState {
     pub fn viewer_count(&self) -> usize {
         self.viewers.lock().map(|v| v.len()).unwrap_or(0)
     }
-}
-
-fn to_rtc(servers: &[IceServer]) -> Vec<RTCIceServer> {
-    servers
-        .iter()
-        .map(|s| RTCIceServer {
-            urls: s.urls.clone(),
-            username: s.username.clone().unwrap_or_default(),
-            credential: s.credential.clone().unwrap_or_default(),
-            ..Default::default()
-        })
-        .collect()
 }
 
 /// Backoff for attempt `n` (0-based): 0.5 s doubling, capped at [`MAX_BACKOFF`], ±25 % jitter.
@@ -106,6 +146,125 @@ pub fn backoff(n: u32) -> Duration {
     base.mul_f64(jitter).min(MAX_BACKOFF)
 }
 
+/// Backoff for attempt `n` when the last working connection was lost `since_loss` ago:
+/// at most [`FAST_BACKOFF`] during the first [`FAST_RETRY_FOR`], [`backoff`] after.
+pub fn reconnect_backoff(n: u32, since_loss: Option<Duration>) -> Duration {
+    match since_loss {
+        Some(d) if d < FAST_RETRY_FOR => backoff(n).min(FAST_BACKOFF),
+        _ => backoff(n),
+    }
+}
+
+/// Why the signaling server could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The URL is not a usable `ws://`/`wss://` URL.
+    #[error("bad signaling URL: {0}")]
+    Url(String),
+    /// Name resolution or TCP failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// No TCP connection within [`TCP_CONNECT_TIMEOUT`].
+    #[error("no TCP connection within {0:?}")]
+    TcpTimeout(Duration),
+    /// TLS or WebSocket handshake failed.
+    #[error("{0}")]
+    Handshake(#[from] tokio_tungstenite::tungstenite::Error),
+    /// Handshake took longer than [`HANDSHAKE_TIMEOUT`].
+    #[error("TLS/WebSocket handshake took longer than {0:?}")]
+    HandshakeTimeout(Duration),
+    /// The extra CA file could not be used.
+    #[error("signal CA {path}: {reason}")]
+    Ca {
+        /// The file.
+        path: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// A rustls client config trusting the system's roots plus the certificates in `ca`.
+fn tls_connector(
+    ca: Option<&std::path::Path>,
+) -> Result<tokio_tungstenite::Connector, ConnectError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = ca {
+        let shown = path.display().to_string();
+        let pem = std::fs::read(path).map_err(|e| ConnectError::Ca {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut added = 0;
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| ConnectError::Ca {
+                path: shown.clone(),
+                reason: e.to_string(),
+            })?;
+            roots.add(cert).map_err(|e| ConnectError::Ca {
+                path: shown.clone(),
+                reason: e.to_string(),
+            })?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(ConnectError::Ca {
+                path: shown,
+                reason: "no PEM certificate in the file".into(),
+            });
+        }
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_tungstenite::Connector::Rustls(Arc::new(config)))
+}
+
+/// Open the WebSocket to `url`: TCP within [`TCP_CONNECT_TIMEOUT`], then TLS (for `wss://`) and
+/// the WebSocket handshake within [`HANDSHAKE_TIMEOUT`].
+pub async fn connect_signal(url: &str, ca: Option<&std::path::Path>) -> Result<Ws, ConnectError> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("wss://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("ws://") {
+        (false, r)
+    } else {
+        return Err(ConnectError::Url(url.to_owned()));
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err(ConnectError::Url(url.to_owned()));
+    }
+    let addr = if authority.starts_with('[')
+        || authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_owned()
+    } else {
+        format!("{authority}:{}", if tls { 443 } else { 80 })
+    };
+    let tcp = tokio::time::timeout(TCP_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&addr))
+        .await
+        .map_err(|_| ConnectError::TcpTimeout(TCP_CONNECT_TIMEOUT))??;
+    let _ = tcp.set_nodelay(true);
+    let connector = if tls {
+        Some(tls_connector(ca)?)
+    } else {
+        Some(tokio_tungstenite::Connector::Plain)
+    };
+    let (ws, _) = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        tokio_tungstenite::client_async_tls_with_config(url, tcp, None, connector),
+    )
+    .await
+    .map_err(|_| ConnectError::HandshakeTimeout(HANDSHAKE_TIMEOUT))??;
+    Ok(ws)
+}
+
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -114,9 +273,17 @@ struct Camera {
     media: Arc<MediaPipeline>,
     state: Arc<CameraState>,
     peers: HashMap<PeerId, Peer>,
+    /// The signaling session (counted from 1 at each `created`) each viewer called in.
+    peer_session: HashMap<PeerId, u64>,
+    session: u64,
     server_ice: Vec<IceServer>,
     events_tx: mpsc::Sender<PeerEvent>,
     tasks: TaskTracker,
+    /// TURN-over-TCP bridges by `host:port`.
+    bridges: HashMap<String, turn_tcp::Bridge>,
+    /// `turns:` URLs already reported as skipped.
+    skipped: std::collections::HashSet<String>,
+    shutdown: CancellationToken,
 }
 
 /// Run the camera until `shutdown`. `ready` turns true once joined to the room.
@@ -133,32 +300,30 @@ pub async fn run(
         media,
         state,
         peers: HashMap::new(),
+        peer_session: HashMap::new(),
+        session: 0,
         server_ice: vec![],
         events_tx,
         tasks: TaskTracker::new(),
+        bridges: HashMap::new(),
+        skipped: Default::default(),
+        shutdown: shutdown.clone(),
     };
+    let instance = format!("{:016x}", rand::random::<u64>());
     let mut attempt = 0u32;
+    let mut lost_at: Option<std::time::Instant> = None;
     'outer: loop {
         let url = cam.settings.signal_url.clone();
-        let connect = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio_tungstenite::connect_async_with_config(url.as_str(), None, true),
-        );
+        let connect = connect_signal(&url, cam.settings.signal_ca.as_deref());
         let ws = tokio::select! {
             r = connect => r,
             _ = shutdown.cancelled() => break 'outer,
         };
         let mut ws = match ws {
-            Ok(Ok((ws, _))) => ws,
-            Ok(Err(e)) => {
-                let wait = backoff(attempt);
+            Ok(ws) => ws,
+            Err(e) => {
+                let wait = reconnect_backoff(attempt, lost_at.map(|t| t.elapsed()));
                 tracing::warn!(url = %url, error = %e, retry_in = ?wait, "cannot reach the signaling server");
-                attempt += 1;
-                tokio::select! { _ = tokio::time::sleep(wait) => continue, _ = shutdown.cancelled() => break 'outer }
-            }
-            Err(_) => {
-                let wait = backoff(attempt);
-                tracing::warn!(url = %url, retry_in = ?wait, "signaling server connect timed out");
                 attempt += 1;
                 tokio::select! { _ = tokio::time::sleep(wait) => continue, _ = shutdown.cancelled() => break 'outer }
             }
@@ -179,15 +344,17 @@ pub async fn run(
             role: Role::Camera,
             token,
             name: Some(cam.settings.name.clone()),
+            instance: Some(instance.clone()),
         };
         if send(&mut ws, &join).await.is_err() {
             continue;
         }
-        let mut ping = tokio::time::interval(Duration::from_secs(20));
+        let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
+        let mut last_heard = tokio::time::Instant::now();
         let lost_reason: String = loop {
             tokio::select! {
-                m = ws.next() => match m {
+                m = ws.next() => { last_heard = tokio::time::Instant::now(); match m {
                     Some(Ok(Message::Text(text))) => {
                         let msg: ServerMessage = match serde_json::from_str(text.as_str()) {
                             Ok(m) => m,
@@ -195,6 +362,7 @@ pub async fn run(
                         };
                         if let ServerMessage::Created { .. } = &msg {
                             attempt = 0;
+                            lost_at = None;
                             let _ = ready.send(true);
                         }
                         if let Err(e) = cam.on_signal(&mut ws, msg).await {
@@ -204,15 +372,21 @@ pub async fn run(
                     Some(Ok(Message::Close(_))) | None => break "closed by the server".into(),
                     Some(Err(e)) => break e.to_string(),
                     Some(Ok(_)) => {}
-                },
+                }},
                 Some(ev) = events_rx.recv() => {
                     if let Err(e) = cam.on_peer_event(&mut ws, ev).await {
                         break format!("send failed: {e}");
                     }
                 }
                 _ = ping.tick() => {
-                    if ws.send(Message::Ping(Default::default())).await.is_err() {
-                        break "ping failed".into();
+                    if last_heard.elapsed() > SILENCE_LIMIT {
+                        break format!("no answer from the server for {} s", SILENCE_LIMIT.as_secs());
+                    }
+                    // A send into a dead link blocks once the socket buffer is full: bound it.
+                    match tokio::time::timeout(PING_EVERY, ws.send(Message::Ping(Default::default()))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break "ping failed".into(),
+                        Err(_) => break "ping could not be sent for 5 s".into(),
                     }
                 }
                 _ = shutdown.cancelled() => {
@@ -223,7 +397,8 @@ pub async fn run(
             }
         };
         cam.state.joined.store(false, Ordering::Relaxed);
-        let wait = backoff(attempt);
+        let lost = *lost_at.get_or_insert_with(std::time::Instant::now);
+        let wait = reconnect_backoff(attempt, Some(lost.elapsed()));
         attempt += 1;
         tracing::warn!(url = %url, reason = %lost_reason, retry_in = ?wait, viewers = cam.peers.len(), "signaling connection lost; viewers keep streaming, reconnecting");
         // Drain peer events while disconnected so state changes (failures) are still handled.
@@ -257,6 +432,136 @@ async fn send(
 }
 
 impl Camera {
+    /// The camera's ICE servers (config first, then the server's `created`), each once.
+    fn ice_servers(&self) -> Vec<IceServer> {
+        let mut ice = self.settings.ice_servers.clone();
+        // The embedded server hands back the same static entries: keep each once.
+        for s in &self.server_ice {
+            if !ice
+                .iter()
+                .any(|c| c.urls == s.urls && c.username == s.username)
+            {
+                ice.push(s.clone());
+            }
+        }
+        ice
+    }
+
+    /// The UDP address webrtc-rs should use for the TURN server behind `url`: the server itself
+    /// for UDP, the local TURN-over-TCP bridge for `?transport=tcp`; `None` for `turns:`.
+    async fn turn_udp_target(&mut self, parsed: &turn_tcp::TurnUrl, url: &str) -> Option<String> {
+        if parsed.secure {
+            if self.skipped.insert(url.to_owned()) {
+                tracing::warn!(url = %url, "TURN over TLS (turns:) is not supported by the camera yet; this URL is skipped (viewers still use it). Add a turn:…?transport=tcp URL for networks that block UDP");
+            }
+            return None;
+        }
+        if !parsed.tcp {
+            return Some(parsed.server.clone());
+        }
+        if let Some(b) = self.bridges.get(&parsed.server) {
+            return Some(b.local_addr().to_string());
+        }
+        match turn_tcp::start(
+            parsed.server.clone(),
+            self.state.turn_tcp.clone(),
+            &self.shutdown,
+        )
+        .await
+        {
+            Ok(b) => {
+                let local = b.local_addr().to_string();
+                tracing::info!(server = %parsed.server, bridge = %local, "TURN over TCP: bridging for the WebRTC stack (webrtc-rs allocates over UDP only)");
+                self.bridges.insert(parsed.server.clone(), b);
+                Some(local)
+            }
+            Err(e) => {
+                tracing::warn!(server = %parsed.server, error = %e, "cannot start the TURN-over-TCP bridge");
+                None
+            }
+        }
+    }
+
+    /// The ICE servers in webrtc-rs's terms, TCP TURN URLs pointed at their bridges.
+    async fn webrtc_ice_servers(&mut self) -> Vec<RTCIceServer> {
+        let mut out = vec![];
+        for s in self.ice_servers() {
+            let mut urls = vec![];
+            for url in &s.urls {
+                match turn_tcp::parse_turn_url(url) {
+                    None => urls.push(url.clone()),
+                    Some(parsed) => {
+                        if let Some(target) = self.turn_udp_target(&parsed, url).await {
+                            urls.push(format!("turn:{target}?transport=udp"));
+                        }
+                    }
+                }
+            }
+            urls.dedup();
+            if !urls.is_empty() {
+                out.push(RTCIceServer {
+                    urls,
+                    username: s.username.clone().unwrap_or_default(),
+                    credential: s.credential.clone().unwrap_or_default(),
+                    ..Default::default()
+                });
+            }
+        }
+        out
+    }
+
+    /// Check every TURN URL with a real allocation, in the background; one log line each.
+    async fn check_turn_servers(&mut self) {
+        for s in self.ice_servers() {
+            for url in &s.urls {
+                let Some(parsed) = turn_tcp::parse_turn_url(url) else {
+                    continue;
+                };
+                let Some(target) = self.turn_udp_target(&parsed, url).await else {
+                    continue;
+                };
+                let url = url.clone();
+                let over = if parsed.tcp { "TCP" } else { "UDP" };
+                let tcp = parsed.tcp;
+                let user = s.username.clone().unwrap_or_default();
+                let pass = s.credential.clone().unwrap_or_default();
+                let state = self.state.clone();
+                self.tasks.spawn(async move {
+                    let addr = match tokio::net::lookup_host(&target).await.map(|mut a| a.next()) {
+                        Ok(Some(a)) => a,
+                        Ok(None) | Err(_) => {
+                            state.turn_check_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(url = %url, "TURN server: cannot resolve its host name");
+                            return;
+                        }
+                    };
+                    match turn_check::check(addr, &user, &pass).await {
+                        turn_check::TurnCheck::Reachable(relay) => {
+                            tracing::info!(url = %url, relay = %relay, "TURN server reachable; allocation works");
+                            state.turn_verdict(tcp, true);
+                        }
+                        turn_check::TurnCheck::Rejected(e) if e.contains("401") => {
+                            state.turn_check_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(url = %url, user = %user, response = %e, "TURN server rejected the credentials (401 Unauthorized): check [ice] username/credential, or that [ice.turn-rest] secret equals coturn's static-auth-secret and the clocks agree");
+                        }
+                        turn_check::TurnCheck::Rejected(e) => {
+                            state.turn_check_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(url = %url, response = %e, "TURN server refused the allocation");
+                        }
+                        turn_check::TurnCheck::NoAnswer => {
+                            state.turn_check_failures.fetch_add(1, Ordering::Relaxed);
+                            state.turn_verdict(tcp, false);
+                            tracing::warn!(url = %url, "TURN server: no answer over {over} within 6 s (unreachable, or {over} blocked on this network); other candidates are still tried");
+                        }
+                        turn_check::TurnCheck::Failed(e) => {
+                            tracing::warn!(url = %url, error = %e, "TURN server check could not run");
+                        }
+                    }
+                });
+            }
+        }
+    }
+
     fn forget(&self, id: &PeerId) {
         if let Ok(mut v) = self.state.viewers.lock() {
             v.remove(id);
@@ -271,6 +576,7 @@ impl Camera {
     }
 
     fn drop_peer(&mut self, id: &PeerId, why: &str) {
+        self.peer_session.remove(id);
         if let Some(p) = self.peers.remove(id) {
             tracing::info!(viewer = %id, reason = why, viewers = self.peers.len(), "viewer gone");
             self.forget(id);
@@ -292,14 +598,23 @@ impl Camera {
                 ..
             } => {
                 self.state.joined.store(true, Ordering::Relaxed);
+                self.session += 1;
                 self.server_ice = ice_servers;
                 let viewers = peers.iter().filter(|p| p.role == Role::Viewer).count();
                 tracing::info!(camera = %id, room = %room, viewers_waiting = viewers, "joined room as camera");
+                self.check_turn_servers().await;
             }
             ServerMessage::Joined { id, role, name, .. } => {
                 tracing::debug!(peer = %id, %role, name = %name, "peer joined the room");
             }
             ServerMessage::Offer { from, sdp } => {
+                if self.peers.contains_key(&from)
+                    && self.peer_session.get(&from) != Some(&self.session)
+                {
+                    // The viewer knew this camera by its previous connection's id: this offer
+                    // starts a new call, not a renegotiation of the old one.
+                    self.drop_peer(&from, "called again after the camera rejoined");
+                }
                 if let Some(existing) = self.peers.get(&from) {
                     match peer::reoffer(existing, sdp).await {
                         Ok(answer) => {
@@ -335,20 +650,12 @@ impl Camera {
                     )
                     .await;
                 }
-                let mut ice = self.settings.ice_servers.clone();
-                // The embedded server hands back the same static entries: keep each once.
-                for s in &self.server_ice {
-                    if !ice
-                        .iter()
-                        .any(|c| c.urls == s.urls && c.username == s.username)
-                    {
-                        ice.push(s.clone());
-                    }
-                }
+                let ice = self.webrtc_ice_servers().await;
                 let setup = PeerSetup {
                     viewer: from.clone(),
-                    ice_servers: to_rtc(&ice),
-                    relay_only: self.settings.relay_only,
+                    ice_servers: ice,
+                    relay_only: self.settings.relay_only
+                        || self.state.relay_auto.load(Ordering::Relaxed),
                     udp_addrs: self.settings.udp_addrs.clone(),
                     mdns: self.settings.mdns,
                     playout_delay_zero: self.settings.playout_delay_zero,
@@ -363,6 +670,7 @@ impl Camera {
                             v.insert(from.clone(), p.stats.clone());
                         }
                         self.peers.insert(from.clone(), p);
+                        self.peer_session.insert(from.clone(), self.session);
                         self.publish_count();
                         tracing::info!(viewer = %from, viewers = self.peers.len(), "viewer connecting");
                         send(

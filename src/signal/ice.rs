@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub struct IceProvider {
     static_servers: Vec<IceServer>,
     rest: Option<(Vec<String>, Vec<u8>, Duration)>,
+    relay_only: bool,
 }
 
 /// The TURN REST credential pair for `user` valid until `now + ttl`.
@@ -53,7 +54,13 @@ impl IceProvider {
                 .turn_rest
                 .as_ref()
                 .map(|t| (t.urls.clone(), t.secret.clone().into_bytes(), t.ttl)),
+            relay_only: c.transport_policy == crate::config::TransportPolicy::Relay,
         }
+    }
+
+    /// `Some("relay")` when the operator wants every peer relay-only (handed out in `created`).
+    pub fn transport_policy(&self) -> Option<String> {
+        self.relay_only.then(|| "relay".to_owned())
     }
 
     /// The list for `peer` at `now`.

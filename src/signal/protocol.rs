@@ -109,6 +109,12 @@ pub enum ClientMessage {
         /// A display name shown on viewers' tiles.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
+        /// An opaque id (1–64 printable characters) the client keeps across reconnections.
+        /// When a peer joins with the role and instance of a peer still in the room (a connection
+        /// that died without the server noticing, e.g. behind a cut link), the old one is retired:
+        /// it gets `error` `replaced`, and the others get its `exit` before the newcomer's `joined`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        instance: Option<String>,
     },
     /// An SDP offer for the peer `to` (viewer → camera).
     Offer {
@@ -160,6 +166,14 @@ pub enum ServerMessage {
         /// STUN/TURN servers for this peer, TURN credentials included.
         #[serde(rename = "iceServers")]
         ice_servers: Vec<IceServer>,
+        /// `"relay"` when the server's operator wants every peer to use TURN only
+        /// (`RTCConfiguration.iceTransportPolicy`); absent otherwise.
+        #[serde(
+            rename = "iceTransportPolicy",
+            default,
+            skip_serializing_if = "Option::is_none"
+        )]
+        ice_transport_policy: Option<String>,
         /// [`PROTOCOL_VERSION`].
         protocol: u32,
     },
@@ -248,6 +262,8 @@ pub enum ErrorCode {
     RoomFull,
     /// The server holds its maximum of rooms.
     TooManyRooms,
+    /// Another connection joined with this peer's role and `instance`; this one left the room.
+    Replaced,
 }
 
 impl ErrorCode {
@@ -269,6 +285,7 @@ impl ErrorCode {
             ErrorCode::NotAllowed => "not-allowed",
             ErrorCode::RoomFull => "room-full",
             ErrorCode::TooManyRooms => "too-many-rooms",
+            ErrorCode::Replaced => "replaced",
         }
     }
 
@@ -325,7 +342,8 @@ mod tests {
                 room: "garden".into(),
                 role: Role::Viewer,
                 token: None,
-                name: None
+                name: None,
+                instance: None,
             }
         );
         let m =
@@ -397,6 +415,7 @@ mod tests {
                 username: None,
                 credential: None,
             }],
+            ice_transport_policy: None,
             protocol: PROTOCOL_VERSION,
         };
         let v: serde_json::Value = serde_json::from_str(&m.to_json()).unwrap();

@@ -56,7 +56,11 @@ struct Member {
     room: String,
     role: Role,
     name: String,
+    instance: Option<String>,
 }
+
+/// Longest `instance` kept; longer or non-printable ones are ignored.
+pub const MAX_INSTANCE_LEN: usize = 64;
 
 /// Outgoing messages: (recipient, message).
 pub type Outbox = Vec<(PeerId, ServerMessage)>;
@@ -128,7 +132,15 @@ impl Router {
                 role,
                 token,
                 name,
-            } => self.join(from, room, role, token, name, now),
+                instance,
+            } => {
+                let instance = instance.filter(|i| {
+                    !i.is_empty()
+                        && i.len() <= MAX_INSTANCE_LEN
+                        && i.chars().all(|c| c.is_ascii_graphic())
+                });
+                self.join(from, room, role, token, name, instance, now)
+            }
             ClientMessage::Exit {} => {
                 if self.members.contains_key(from) {
                     self.leave(from)
@@ -192,6 +204,7 @@ impl Router {
         role: Role,
         token: Option<String>,
         name: Option<String>,
+        instance: Option<String>,
         now: SystemTime,
     ) -> Outbox {
         if let Some(m) = self.members.get(from) {
@@ -228,6 +241,27 @@ impl Router {
                 Err(e) => return err(from, ErrorCode::BadToken, e.to_string()),
             }
         }
+        // A reconnecting client retires its own stale connection (same room, role, instance).
+        let mut out: Outbox = vec![];
+        if let Some(inst) = &instance {
+            let stale: Vec<PeerId> = self
+                .members
+                .iter()
+                .filter(|(_, m)| {
+                    m.room == room && m.role == role && m.instance.as_ref() == Some(inst)
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            for old in stale {
+                out.push((
+                    old.clone(),
+                    ErrorCode::Replaced.message(
+                        "a newer connection of this peer joined the room; this one left it",
+                    ),
+                ));
+                out.extend(self.leave(&old));
+            }
+        }
         let occupants = self.rooms.get(&room).map(|m| m.len()).unwrap_or(0);
         if occupants == 0 && self.rooms.len() >= self.limits.max_rooms {
             return err(
@@ -256,7 +290,7 @@ impl Router {
             .take(MAX_NAME_LEN)
             .collect();
         let peers = self.peers_in(&room);
-        let mut out: Outbox = peers
+        let joined: Outbox = peers
             .iter()
             .map(|p| {
                 (
@@ -270,27 +304,33 @@ impl Router {
                 )
             })
             .collect();
-        out.insert(
-            0,
-            (
-                from.clone(),
-                ServerMessage::Created {
-                    id: from.clone(),
-                    room: room.clone(),
-                    peers,
-                    ice_servers: self.ice.for_peer(from, now),
-                    protocol: PROTOCOL_VERSION,
-                },
-            ),
-        );
+        out.push((
+            from.clone(),
+            ServerMessage::Created {
+                id: from.clone(),
+                room: room.clone(),
+                peers,
+                ice_servers: self.ice.for_peer(from, now),
+                ice_transport_policy: self.ice.transport_policy(),
+                protocol: PROTOCOL_VERSION,
+            },
+        ));
+        out.extend(joined);
         self.seq += 1;
         self.rooms
             .entry(room.clone())
             .or_default()
             .insert(self.seq, from.clone());
         self.seq_of.insert(from.clone(), self.seq);
-        self.members
-            .insert(from.clone(), Member { room, role, name });
+        self.members.insert(
+            from.clone(),
+            Member {
+                room,
+                role,
+                name,
+                instance,
+            },
+        );
         out
     }
 
@@ -377,6 +417,7 @@ mod tests {
                 role,
                 token,
                 name: Some(format!("n-{id}")),
+                instance: None,
             },
             now(),
         )
@@ -758,11 +799,104 @@ mod tests {
                 role: Role::Camera,
                 token: None,
                 name: Some(format!("x\u{7}y{}", "z".repeat(100))),
+                instance: None,
             },
             now(),
         );
         assert!(matches!(&out[0].1, ServerMessage::Created { .. }));
         assert_eq!(r.peers_in("r")[0].name.len(), MAX_NAME_LEN);
         assert!(r.peers_in("r")[0].name.starts_with("xy"));
+    }
+
+    #[test]
+    fn reconnecting_camera_retires_its_stale_connection() {
+        let mut r = router(&["lab"]);
+        let cam = |inst: &str| ClientMessage::Join {
+            room: "lab".into(),
+            role: Role::Camera,
+            token: None,
+            name: Some("Shed".into()),
+            instance: Some(inst.into()),
+        };
+        r.handle(&"c1".to_string(), cam("i-1"), now());
+        join(&mut r, "v", "lab", Role::Viewer, None);
+        // Another camera with another instance stays.
+        r.handle(&"c2".to_string(), cam("i-2"), now());
+        let out = r.handle(&"c3".to_string(), cam("i-1"), now());
+        // The stale connection is told, the viewer sees its exit before the newcomer joins.
+        let to_c1: Vec<_> = out.iter().filter(|(to, _)| to == "c1").collect();
+        assert!(
+            matches!(&to_c1[..], [(_, ServerMessage::Error { code, .. })] if code == "replaced"),
+            "{out:?}"
+        );
+        let to_v: Vec<&ServerMessage> = out
+            .iter()
+            .filter(|(to, _)| to == "v")
+            .map(|(_, m)| m)
+            .collect();
+        assert!(
+            matches!(to_v[0], ServerMessage::Exit { from, .. } if from == "c1"),
+            "{to_v:?}"
+        );
+        assert!(
+            matches!(to_v[1], ServerMessage::Joined { id, .. } if id == "c3"),
+            "{to_v:?}"
+        );
+        let ids: Vec<String> = r.peers_in("lab").into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, ["v", "c2", "c3"]);
+        // The retired connection is no longer a member: its messages need a new join.
+        let out = r.handle(
+            &"c1".to_string(),
+            ClientMessage::Answer {
+                to: "v".into(),
+                sdp: "x".into(),
+            },
+            now(),
+        );
+        assert!(
+            matches!(&out[0].1, ServerMessage::Error { code, .. } if code == "not-joined"),
+            "{out:?}"
+        );
+        // A viewer with the same instance string does not retire a camera.
+        let out = r.handle(
+            &"v2".to_string(),
+            ClientMessage::Join {
+                room: "lab".into(),
+                role: Role::Viewer,
+                token: None,
+                name: None,
+                instance: Some("i-2".into()),
+            },
+            now(),
+        );
+        assert!(
+            !out.iter()
+                .any(|(_, m)| matches!(m, ServerMessage::Exit { .. })),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn relay_policy_is_handed_out() {
+        let cfg = crate::config::IceConfig {
+            transport_policy: crate::config::TransportPolicy::Relay,
+            ..Default::default()
+        };
+        let mut r = Router::new(
+            Access {
+                key: key(),
+                open_rooms: ["lab".to_string()].into(),
+            },
+            Limits {
+                max_peers_per_room: 4,
+                max_rooms: 2,
+            },
+            IceProvider::from_config(&cfg),
+        );
+        let out = join(&mut r, "v", "lab", Role::Viewer, None);
+        let json = out[0].1.to_json();
+        assert!(json.contains(r#""iceTransportPolicy":"relay""#), "{json}");
+        let out = join(&mut router(&["lab"]), "v", "lab", Role::Viewer, None);
+        assert!(!out[0].1.to_json().contains("iceTransportPolicy"));
     }
 }

@@ -18,6 +18,7 @@
     ws: null,
     myId: null,
     iceServers: [],
+    relayPolicy: false, // the server's operator wants relay-only (created.iceTransportPolicy)
     cams: new Map(), // camera peer id -> {pc, tile, video, pending: [], stale, name}
     muted: true,
     attempt: 0,
@@ -95,7 +96,7 @@
 
   function call(peer) {
     if (state.cams.has(peer.id)) return;
-    const pc = new RTCPeerConnection({ iceServers: state.iceServers, iceTransportPolicy: relayOnly ? 'relay' : 'all' });
+    const pc = new RTCPeerConnection({ iceServers: state.iceServers, iceTransportPolicy: relayOnly || state.relayPolicy ? 'relay' : 'all' });
     const ui = makeTile(peer.id, peer.name);
     const cam = { id: peer.id, name: peer.name, pc, ui, video: ui.video, pending: [], stale: false, remoteSet: false, last: null, restarts: 0 };
     state.cams.set(peer.id, cam);
@@ -116,6 +117,7 @@
       ui.st.textContent = pc.connectionState;
       ui.st.className = 'state ' + pc.connectionState;
       if (pc.connectionState === 'connected') {
+        cam.restarts = 0;
         if (!cam.stale) dropStale();
       } else if (pc.connectionState === 'failed') {
         if (cam.stale) removeCam(peer.id);
@@ -140,9 +142,16 @@
   }
 
   // The selected path failed (link cut, NAT rebinding): ask for new candidates on both sides.
+  // If an ICE restart does not bring it back, call the camera afresh on a new connection.
   function restart(cam) {
     if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return;
     cam.restarts++;
+    if (cam.restarts > 1) {
+      const peer = { id: cam.id, name: cam.name };
+      removeCam(cam.id);
+      call(peer);
+      return;
+    }
     cam.remoteSet = false;
     offer(cam, true);
   }
@@ -183,6 +192,7 @@
         state.attempt = 0;
         state.myId = msg.id;
         state.iceServers = msg.iceServers || [];
+        state.relayPolicy = msg.iceTransportPolicy === 'relay';
         setStatus('in room');
         notice(null);
         for (const p of msg.peers) if (p.role === 'camera') call(p);
