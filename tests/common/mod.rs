@@ -2,6 +2,8 @@
 //! Chromium driven over the DevTools protocol (CDP over a WebSocket, no extra tooling).
 #![allow(dead_code)]
 
+pub mod netns;
+
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
@@ -92,8 +94,20 @@ fn pump(
 impl Campeer {
     /// Start `campeer <args>` with a private secret file and WebRTC bound to loopback.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Campeer {
+        Self::start_in(None, args, env)
+    }
+
+    /// [`Campeer::start`] inside network namespace `ns` (`ip netns exec`).
+    pub fn start_in(ns: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> Campeer {
         let dir = TempDir::new("campeer");
-        let mut cmd = Command::new(bin());
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, bin()]);
+                c
+            }
+            None => Command::new(bin()),
+        };
         cmd.args(args)
             .env(
                 "CAMPEER__SERVER__SECRET_FILE",
@@ -217,6 +231,7 @@ pub struct Browser {
     child: Child,
     port: u16,
     ws_path: String,
+    ns: Option<String>,
     _profile: TempDir,
 }
 
@@ -225,8 +240,20 @@ pub const CHROMIUM: &str = "/usr/bin/chromium";
 
 impl Browser {
     pub fn launch() -> Browser {
+        Self::launch_in(None)
+    }
+
+    /// A Chromium inside network namespace `ns`; its DevTools port is reached from inside too.
+    pub fn launch_in(ns: Option<&str>) -> Browser {
         let profile = TempDir::new("chromium");
-        let mut cmd = Command::new(CHROMIUM);
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, CHROMIUM]);
+                c
+            }
+            None => Command::new(CHROMIUM),
+        };
         cmd.args([
             "--headless",
             "--no-sandbox",
@@ -274,6 +301,7 @@ impl Browser {
             child,
             port,
             ws_path,
+            ns: ns.map(str::to_owned),
             _profile: profile,
         }
     }
@@ -285,15 +313,17 @@ impl Browser {
 
     /// Open a new tab at `url`, with `script` run in every document before the page's own.
     pub async fn open_with_script(&self, url: &str, script: Option<&str>) -> Page {
-        let mut b = Cdp::connect(&format!("ws://127.0.0.1:{}{}", self.port, self.ws_path)).await;
+        let ns = self.ns.as_deref();
+        let mut b =
+            Cdp::connect_via(ns, &format!("ws://127.0.0.1:{}{}", self.port, self.ws_path)).await;
         let r = b
             .call("Target.createTarget", json!({ "url": "about:blank" }))
             .await;
         let target = r["targetId"].as_str().expect("targetId").to_owned();
-        let mut page = Cdp::connect(&format!(
-            "ws://127.0.0.1:{}/devtools/page/{target}",
-            self.port
-        ))
+        let mut page = Cdp::connect_via(
+            ns,
+            &format!("ws://127.0.0.1:{}/devtools/page/{target}", self.port),
+        )
         .await;
         page.call("Page.enable", json!({})).await;
         page.call("Runtime.enable", json!({})).await;
@@ -328,9 +358,29 @@ pub struct Cdp {
 
 impl Cdp {
     pub async fn connect(url: &str) -> Cdp {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("connect to devtools");
+        Self::connect_via(None, url).await
+    }
+
+    /// Connect to a DevTools endpoint on 127.0.0.1 inside namespace `ns` (or here).
+    pub async fn connect_via(ns: Option<&str>, url: &str) -> Cdp {
+        let (ws, _) = match ns {
+            None => tokio_tungstenite::connect_async(url)
+                .await
+                .expect("connect to devtools"),
+            Some(ns) => {
+                let host = url
+                    .trim_start_matches("ws://")
+                    .split('/')
+                    .next()
+                    .unwrap_or_default();
+                let std = netns::connect_in(ns, host).expect("connect to devtools in namespace");
+                std.set_nonblocking(true).expect("nonblocking");
+                let tcp = tokio::net::TcpStream::from_std(std).expect("tokio stream");
+                tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
+                    .await
+                    .expect("devtools handshake")
+            }
+        };
         Cdp {
             ws,
             next: 1,
