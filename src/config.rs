@@ -434,6 +434,11 @@ impl Config {
                 format!("{:?} (expected ws://… or wss://…)", self.camera.signal_url),
             );
         }
+        if let Some(ca) = &self.camera.signal_ca {
+            if let Err(e) = std::fs::metadata(ca) {
+                return bad("camera.signal-ca", format!("{}: {e}", ca.display()));
+            }
+        }
         if self.camera.rtc_bind.is_empty() {
             return bad(
                 "camera.rtc-bind",
