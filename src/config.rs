@@ -276,8 +276,12 @@ fn default_turn_ttl() -> Duration {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TransportPolicy {
-    /// Host, server-reflexive and relay candidates.
+    /// `all` on the LAN; a camera that joins a remote server and has a TURN server uses
+    /// `relay` for its own connections (webrtc-rs 0.21.1 was seen to fail DTLS over relay pairs
+    /// through a symmetric NAT when host and server-reflexive pairs were also in play).
     #[default]
+    Auto,
+    /// Host, server-reflexive and relay candidates.
     All,
     /// Relay (TURN) candidates only.
     Relay,

@@ -608,6 +608,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         max_viewers: config.camera.max_viewers,
         ice_servers: IceProvider::from_config(&config.ice).for_peer("camera", SystemTime::now()),
         relay_only: config.ice.transport_policy == TransportPolicy::Relay,
+        relay_when_turn: config.ice.transport_policy == TransportPolicy::Auto && !embedded,
         udp_addrs: config.camera.rtc_bind.clone(),
         mdns: config.camera.mdns,
         playout_delay_zero: config.camera.latency == crate::config::LatencyMode::Lowest,

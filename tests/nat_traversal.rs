@@ -41,7 +41,7 @@ fn world(opts: Opts) -> World {
         net.block_camera_udp();
     }
     let turn = netns::coturn(&net, SECRET, dir.path());
-    let policy = if opts.relay { "relay" } else { "all" };
+    let policy = if opts.relay { "relay" } else { "auto" };
     let config = dir.path().join("server.toml");
     std::fs::write(
         &config,
@@ -178,7 +178,9 @@ async fn relay_only_on_both_sides_decodes_through_turn() {
 async fn two_nats_one_symmetric_connect_through_turn() {
     let w = world(Opts::default());
     let (_b, mut page) = viewer(&w).await;
-    page.wait_frames(60, Duration::from_secs(40)).await;
+    // Default policy ("auto"): the camera, joined to a remote server with TURN, uses its relay;
+    // the page gathers everything, and its checks cross its symmetric NAT to that relay.
+    page.wait_frames(60, Duration::from_secs(60)).await;
     let pair = selected_pair(&mut page).await.expect("a selected pair");
     // Host and server-reflexive paths cannot cross a symmetric NAT: one side is a relay.
     assert!(
@@ -210,7 +212,13 @@ async fn camera_without_udp_uses_turn_over_tcp() {
 
 #[tokio::test]
 async fn video_resumes_after_a_30_s_link_cut_without_reload() {
-    let w = world(Opts::default());
+    // Relay-only: with policy "all" through a symmetric NAT, webrtc-rs 0.21.1 sometimes
+    // completes ICE and then sends DTLS on another relay pair than the nominated one (the
+    // page places such a call again after 10 s); this test measures the cut, not that.
+    let w = world(Opts {
+        relay: true,
+        ..Default::default()
+    });
     let (_b, mut page) = viewer(&w).await;
     page.wait_frames(60, Duration::from_secs(40)).await;
     page.eval("window.__sameDocument = 'yes'").await;

@@ -74,6 +74,9 @@ pub struct CameraSettings {
     pub ice_servers: Vec<IceServer>,
     /// ICE relay-only policy.
     pub relay_only: bool,
+    /// Relay-only whenever a TURN server is known (`transport-policy = "auto"` on a camera
+    /// joined to a remote server).
+    pub relay_when_turn: bool,
     /// Local UDP addresses for WebRTC.
     pub udp_addrs: Vec<String>,
     /// Resolve viewers' mDNS candidates.
@@ -655,7 +658,11 @@ impl Camera {
                     viewer: from.clone(),
                     ice_servers: ice,
                     relay_only: self.settings.relay_only
-                        || self.state.relay_auto.load(Ordering::Relaxed),
+                        || self.state.relay_auto.load(Ordering::Relaxed)
+                        || (self.settings.relay_when_turn
+                            && self.ice_servers().iter().any(|s| {
+                                s.urls.iter().any(|u| turn_tcp::parse_turn_url(u).is_some())
+                            })),
                     udp_addrs: self.settings.udp_addrs.clone(),
                     mdns: self.settings.mdns,
                     playout_delay_zero: self.settings.playout_delay_zero,

@@ -98,7 +98,7 @@
     if (state.cams.has(peer.id)) return;
     const pc = new RTCPeerConnection({ iceServers: state.iceServers, iceTransportPolicy: relayOnly || state.relayPolicy ? 'relay' : 'all' });
     const ui = makeTile(peer.id, peer.name);
-    const cam = { id: peer.id, name: peer.name, pc, ui, video: ui.video, pending: [], stale: false, remoteSet: false, last: null, restarts: 0 };
+    const cam = { id: peer.id, name: peer.name, pc, ui, video: ui.video, pending: [], stale: false, remoteSet: false, last: null, restarts: 0, since: Date.now() };
     state.cams.set(peer.id, cam);
     updateEmpty();
 
@@ -161,6 +161,10 @@
     cam.ui.err.hidden = !text;
   }
 
+  // A call that shows no picture this long after it started is placed again (a path that
+  // connected but never carried media, e.g. a relay pair the two ICE agents disagree on).
+  const NO_PICTURE_RECALL_MS = 10000;
+
   async function showStats(cam) {
     if (cam.pc.connectionState === 'closed') return;
     let report;
@@ -171,6 +175,13 @@
       if (s.type === 'inbound-rtp' && s.kind === 'video') v = s;
       if (s.type === 'codec') codecs.set(s.id, s.mimeType);
     });
+    if (!cam.stale && !cam.rejected && !(v && v.framesDecoded > 0) && Date.now() - cam.since > NO_PICTURE_RECALL_MS
+        && state.cams.get(cam.id) === cam && state.ws && state.ws.readyState === WebSocket.OPEN) {
+      const peer = { id: cam.id, name: cam.name };
+      removeCam(cam.id);
+      call(peer);
+      return;
+    }
     if (!v) return;
     const now = v.timestamp;
     let kbps = 0;
@@ -222,7 +233,7 @@
       case 'error': {
         state.lastError = msg;
         const cam = msg.from && state.cams.get(msg.from);
-        if (cam) showError(cam, msg.message);
+        if (cam) { cam.rejected = true; showError(cam, msg.message); }
         else notice(`${msg.message} (${msg.code})`);
         break;
       }
