@@ -5,18 +5,25 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chromium_watches_over_https_and_wss() {
-    let dir = TempDir::new("tls");
+/// A self-signed certificate for 127.0.0.1 in `dir`: its (cert, key) paths as TOML strings.
+fn self_signed(dir: &TempDir) -> (String, String) {
     let cert =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
             .expect("self-signed cert");
     let cert_path = dir.path().join("cert.pem");
     let key_path = dir.path().join("key.pem");
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let c = format!("\"{}\"", cert_path.display());
-    let k = format!("\"{}\"", key_path.display());
+    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
+    (
+        format!("\"{}\"", cert_path.display()),
+        format!("\"{}\"", key_path.display()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_watches_over_https_and_wss() {
+    let dir = TempDir::new("tls");
+    let (c, k) = self_signed(&dir);
     let (mut cam, url) = start_camera(
         &[],
         &[
@@ -72,15 +79,7 @@ fn a_missing_certificate_is_a_clear_start_up_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn camera_joins_a_remote_server_over_wss() {
     let dir = TempDir::new("wss");
-    let cert =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .expect("self-signed cert");
-    let cert_path = dir.path().join("cert.pem");
-    let key_path = dir.path().join("key.pem");
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let c = format!("\"{}\"", cert_path.display());
-    let k = format!("\"{}\"", key_path.display());
+    let (c, k) = self_signed(&dir);
     let mut server = Campeer::start(
         &["serve", "--listen", "127.0.0.1:0"],
         &[

@@ -227,45 +227,60 @@ fn tls_connector(
     Ok(tokio_tungstenite::Connector::Rustls(Arc::new(config)))
 }
 
-/// Open the WebSocket to `url`: TCP within [`TCP_CONNECT_TIMEOUT`], then TLS (for `wss://`) and
-/// the WebSocket handshake within [`HANDSHAKE_TIMEOUT`].
-pub async fn connect_signal(url: &str, ca: Option<&std::path::Path>) -> Result<Ws, ConnectError> {
-    let (tls, rest) = if let Some(r) = url.strip_prefix("wss://") {
-        (true, r)
-    } else if let Some(r) = url.strip_prefix("ws://") {
-        (false, r)
-    } else {
-        return Err(ConnectError::Url(url.to_owned()));
-    };
-    let authority = rest.split('/').next().unwrap_or_default();
-    if authority.is_empty() {
-        return Err(ConnectError::Url(url.to_owned()));
+/// Opens the WebSocket to the signaling server: TCP within [`TCP_CONNECT_TIMEOUT`], then TLS
+/// (for `wss://`) and the WebSocket handshake within [`HANDSHAKE_TIMEOUT`]. The TLS client
+/// config (system roots plus `ca`) is built on first use and kept for every reconnection.
+pub struct SignalConnector {
+    ca: Option<std::path::PathBuf>,
+    tls: Option<tokio_tungstenite::Connector>,
+}
+
+impl SignalConnector {
+    /// A connector trusting the system's roots plus the certificates in `ca`.
+    pub fn new(ca: Option<std::path::PathBuf>) -> Self {
+        Self { ca, tls: None }
     }
-    let addr = if authority.starts_with('[')
-        || authority
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        authority.to_owned()
-    } else {
-        format!("{authority}:{}", if tls { 443 } else { 80 })
-    };
-    let tcp = tokio::time::timeout(TCP_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&addr))
+
+    /// Connect to `url` (`ws://` or `wss://`).
+    pub async fn connect(&mut self, url: &str) -> Result<Ws, ConnectError> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let bad_url = || ConnectError::Url(url.to_owned());
+        let request = url.into_client_request().map_err(|_| bad_url())?;
+        let uri = request.uri();
+        let tls = match uri.scheme_str() {
+            Some("wss") => true,
+            Some("ws") => false,
+            _ => return Err(bad_url()),
+        };
+        let host = uri.host().ok_or_else(bad_url)?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let tcp = tokio::time::timeout(
+            TCP_CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
         .await
         .map_err(|_| ConnectError::TcpTimeout(TCP_CONNECT_TIMEOUT))??;
-    let _ = tcp.set_nodelay(true);
-    let connector = if tls {
-        Some(tls_connector(ca)?)
-    } else {
-        Some(tokio_tungstenite::Connector::Plain)
-    };
-    let (ws, _) = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        tokio_tungstenite::client_async_tls_with_config(url, tcp, None, connector),
-    )
-    .await
-    .map_err(|_| ConnectError::HandshakeTimeout(HANDSHAKE_TIMEOUT))??;
-    Ok(ws)
+        let _ = tcp.set_nodelay(true);
+        let connector = if tls {
+            if self.tls.is_none() {
+                self.tls = Some(tls_connector(self.ca.as_deref())?);
+            }
+            self.tls.clone()
+        } else {
+            Some(tokio_tungstenite::Connector::Plain)
+        };
+        let (ws, _) = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            tokio_tungstenite::client_async_tls_with_config(request, tcp, None, connector),
+        )
+        .await
+        .map_err(|_| ConnectError::HandshakeTimeout(HANDSHAKE_TIMEOUT))??;
+        Ok(ws)
+    }
 }
 
 type Ws =
@@ -313,11 +328,12 @@ pub async fn run(
         shutdown: shutdown.clone(),
     };
     let instance = format!("{:016x}", rand::random::<u64>());
+    let mut connector = SignalConnector::new(cam.settings.signal_ca.clone());
     let mut attempt = 0u32;
     let mut lost_at: Option<std::time::Instant> = None;
     'outer: loop {
         let url = cam.settings.signal_url.clone();
-        let connect = connect_signal(&url, cam.settings.signal_ca.as_deref());
+        let connect = connector.connect(&url);
         let ws = tokio::select! {
             r = connect => r,
             _ = shutdown.cancelled() => break 'outer,
@@ -654,15 +670,15 @@ impl Camera {
                     .await;
                 }
                 let ice = self.webrtc_ice_servers().await;
+                let has_turn = ice
+                    .iter()
+                    .any(|s| s.urls.iter().any(|u| u.starts_with("turn")));
                 let setup = PeerSetup {
                     viewer: from.clone(),
                     ice_servers: ice,
                     relay_only: self.settings.relay_only
                         || self.state.relay_auto.load(Ordering::Relaxed)
-                        || (self.settings.relay_when_turn
-                            && self.ice_servers().iter().any(|s| {
-                                s.urls.iter().any(|u| turn_tcp::parse_turn_url(u).is_some())
-                            })),
+                        || (self.settings.relay_when_turn && has_turn),
                     udp_addrs: self.settings.udp_addrs.clone(),
                     mdns: self.settings.mdns,
                     playout_delay_zero: self.settings.playout_delay_zero,

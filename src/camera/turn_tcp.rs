@@ -204,12 +204,6 @@ async fn connection(
                 }
                 decoder.extend_from_slice(&chunk[..n]);
                 while let Some(msg) = decoder.next_message().map_err(std::io::Error::other)? {
-                    tracing::trace!(
-                        len = msg.len(),
-                        kind = msg[0] >> 6,
-                        ty = format!("{:02x}{:02x}", msg[0], msg[1]),
-                        "TURN/TCP down"
-                    );
                     let _ = socket.send_to(&msg[..payload_len(&msg)], client).await;
                 }
             }
@@ -217,24 +211,12 @@ async fn connection(
     };
     let up = async move {
         loop {
-            let datagram = tokio::select! {
+            let mut datagram = tokio::select! {
                 d = rx.recv() => match d { Some(d) => d, None => return Ok::<(), std::io::Error>(()) },
                 _ = tokio::time::sleep(IDLE_CLOSE) => return Ok(()),
             };
-            tracing::trace!(
-                len = datagram.len(),
-                ty = format!(
-                    "{:02x}{:02x}",
-                    datagram[0],
-                    datagram.get(1).copied().unwrap_or(0)
-                ),
-                "TURN/TCP up"
-            );
+            datagram.resize(datagram.len() + padding(&datagram), 0);
             wr.write_all(&datagram).await?;
-            let pad = padding(&datagram);
-            if pad > 0 {
-                wr.write_all(&[0u8; 3][..pad]).await?;
-            }
         }
     };
     let result = tokio::select! {

@@ -5,10 +5,12 @@
 //! to the host's own namespace. Everything is deleted on drop.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// The namespaces of a test network, by role.
+const ROLES: [&str; 5] = ["pub", "nata", "natb", "cam", "view"];
 
 /// The public addresses.
 pub const PUBLIC_IP: &str = "203.0.113.1";
@@ -67,32 +69,15 @@ impl Net {
         let net = Net {
             tag: format!("c{:04x}", rand::random::<u16>()),
         };
-        for role in ["pub", "nata", "natb", "cam", "view"] {
+        for role in ROLES {
             sh(&["ip", "netns", "add", &net.ns(role)]);
             sh(&["ip", "-n", &net.ns(role), "link", "set", "lo", "up"]);
         }
         let p = net.ns("pub");
         sh(&["ip", "-n", &p, "link", "add", "br0", "type", "bridge"]);
-        sh(&[
-            "ip",
-            "-n",
-            &p,
-            "addr",
-            "add",
-            "203.0.113.1/24",
-            "dev",
-            "br0",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &p,
-            "addr",
-            "add",
-            "203.0.113.2/24",
-            "dev",
-            "br0",
-        ]);
+        for ip in ["203.0.113.1/24", "203.0.113.2/24"] {
+            sh(&["ip", "-n", &p, "addr", "add", ip, "dev", "br0"]);
+        }
         sh(&["ip", "-n", &p, "link", "set", "br0", "up"]);
         for (nat, host, wan_ip, lan_gw, host_ip, masq) in [
             (
@@ -226,7 +211,7 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        for role in ["pub", "nata", "natb", "cam", "view"] {
+        for role in ROLES {
             let ns = self.ns(role);
             if let Ok(out) = Command::new("ip").args(["netns", "pids", &ns]).output() {
                 for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
@@ -238,7 +223,7 @@ impl Drop for Net {
             }
         }
         std::thread::sleep(Duration::from_millis(200));
-        for role in ["pub", "nata", "natb", "cam", "view"] {
+        for role in ROLES {
             let _ = Command::new("ip")
                 .args(["netns", "del", &self.ns(role)])
                 .status();
@@ -294,22 +279,8 @@ impl Proc {
             .spawn()
             .unwrap_or_else(|e| panic!("start {args:?}: {e}"));
         let lines = Arc::new(Mutex::new(Vec::new()));
-        for stream in [
-            Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().expect("piped")),
-        ] {
-            let into = lines.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if std::env::var_os("CAMPEER_TEST_VERBOSE").is_some() {
-                        eprintln!("[{name}] {line}");
-                    }
-                    if let Ok(mut v) = into.lock() {
-                        v.push(line);
-                    }
-                }
-            });
-        }
+        super::pump(child.stdout.take().expect("piped"), lines.clone(), name);
+        super::pump(child.stderr.take().expect("piped"), lines.clone(), name);
         Proc { child, lines, name }
     }
 
