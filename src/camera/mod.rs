@@ -416,6 +416,10 @@ pub async fn run(
             }
         };
         cam.state.joined.store(false, Ordering::Relaxed);
+        if shutdown.is_cancelled() {
+            // The embedded server closed first on the way down: not a lost connection.
+            break 'outer;
+        }
         let lost = *lost_at.get_or_insert_with(std::time::Instant::now);
         let wait = reconnect_backoff(attempt, Some(lost.elapsed()));
         attempt += 1;
