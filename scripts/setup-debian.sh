@@ -9,7 +9,7 @@ set -euo pipefail
 what="${1:-run}"
 build=(build-essential pkg-config libclang-dev
        libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libasound2-dev libv4l-dev)
-runtime=(gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+runtime=(gstreamer1.0-plugins-base gstreamer1.0-x gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
          gstreamer1.0-plugins-ugly gstreamer1.0-alsa gstreamer1.0-tools)
 # libcamerasrc for CSI cameras exists on Debian 12 and Raspberry Pi OS; skip where absent.
 optional=(gstreamer1.0-libcamera)

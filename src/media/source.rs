@@ -178,10 +178,18 @@ pub fn video_launch(src: &VideoSource, width: u32, height: u32, fps: u32) -> Str
     );
     let head = match src {
         // `auto` is resolved before building; the test pattern is its fallback.
-        VideoSource::Auto | VideoSource::Test => format!(
-            "videotestsrc is-live=true pattern=smpte horizontal-speed=4 ! {raw} ! \
-             clockoverlay time-format=\"%H:%M:%S\" halignment=right valignment=bottom font-desc=\"Sans 24\" shaded-background=true"
-        ),
+        VideoSource::Auto | VideoSource::Test => {
+            // The clock (pango's clockoverlay, Debian package gstreamer1.0-x) shows that the
+            // picture is live; a minimal install without it still gets the moving pattern.
+            let clock = if gstreamer::ElementFactory::find("clockoverlay").is_some() {
+                " ! clockoverlay time-format=\"%H:%M:%S\" halignment=right valignment=bottom \
+                 font-desc=\"Sans 24\" shaded-background=true"
+            } else {
+                tracing::info!("test pattern without its clock: no clockoverlay (gstreamer1.0-x)");
+                ""
+            };
+            format!("videotestsrc is-live=true pattern=smpte horizontal-speed=4 ! {raw}{clock}")
+        }
         VideoSource::V4l2(dev) => format!(
             "v4l2src device=\"{}\" io-mode=mmap ! decodebin3 ! {fit}",
             dev.display()
