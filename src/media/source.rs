@@ -168,6 +168,127 @@ pub fn resolve_auto(src: VideoSource) -> VideoSource {
     }
 }
 
+/// The capture format picked for a V4L2 camera (see [`choose_v4l2_format`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct V4l2Choice {
+    /// FourCC as the driver reports it (`YUYV`, `MJPG`, `NV12`, ...).
+    pub fourcc: String,
+    /// Capture width.
+    pub width: u32,
+    /// Capture height.
+    pub height: u32,
+    /// Capture rate, frames per second.
+    pub fps: f64,
+    /// The GStreamer caps for it, without size and rate (`video/x-raw,format=YUY2`,
+    /// `image/jpeg`).
+    media: &'static str,
+}
+
+impl V4l2Choice {
+    /// Caps for `v4l2src`'s output, plus a JPEG decoder after it for MJPEG.
+    pub fn caps_and_decoder(&self, jpeg_decoder: &str) -> String {
+        // A narrow range around the driver's rate: its exact fraction (30000/1001, 15/2, ...)
+        // is inside it, and no other rate the driver lists is.
+        let lo = ((self.fps - 0.01) * 1000.0).round().max(1.0) as u64;
+        let hi = ((self.fps + 0.01) * 1000.0).round() as u64;
+        let caps = format!(
+            "{},width={},height={},framerate=(fraction)[{lo}/1000,{hi}/1000]",
+            self.media, self.width, self.height
+        );
+        if self.media == "image/jpeg" {
+            format!("{caps} ! {jpeg_decoder}")
+        } else {
+            caps
+        }
+    }
+}
+
+/// The GStreamer caps of a V4L2 FourCC campeer can capture, without decoding anything but JPEG.
+fn v4l2_media(fourcc: &str) -> Option<&'static str> {
+    Some(match fourcc {
+        "YUYV" => "video/x-raw,format=YUY2",
+        "UYVY" => "video/x-raw,format=UYVY",
+        "NV12" => "video/x-raw,format=NV12",
+        "NV21" => "video/x-raw,format=NV21",
+        "YU12" => "video/x-raw,format=I420",
+        "YV12" => "video/x-raw,format=YV12",
+        "RGB3" => "video/x-raw,format=RGB",
+        "BGR3" => "video/x-raw,format=BGR",
+        "GREY" => "video/x-raw,format=GRAY8",
+        "MJPG" | "JPEG" => "image/jpeg",
+        _ => return None,
+    })
+}
+
+/// Pick a camera's capture format for the configured size and rate, among what it lists:
+/// 1. a size at least as large as configured (the smallest such), else the largest;
+/// 2. at that, a format that reaches the rate (80 % of it counts: 25 fps for 30 is fine),
+///    since USB cameras often give raw frames at full size only at a few fps, and MJPEG at 30;
+/// 3. then raw formats before MJPEG (no decode), in the driver's order.
+///
+/// H.264 from the camera is not passed through yet; a camera that lists only formats campeer
+/// cannot capture gets `None` (GStreamer's own negotiation then).
+pub fn choose_v4l2_format(
+    formats: &[crate::devices::Format],
+    width: u32,
+    height: u32,
+    fps: u32,
+) -> Option<V4l2Choice> {
+    let want_area = u64::from(width) * u64::from(height);
+    let want_fps = f64::from(fps);
+    let mut best: Option<((bool, bool, i64, bool), V4l2Choice)> = None;
+    for f in formats {
+        let Some(media) = v4l2_media(&f.fourcc) else {
+            continue;
+        };
+        for s in &f.sizes {
+            // The slowest listed rate at or above the configured one, else the fastest.
+            let rate = s
+                .fps
+                .iter()
+                .copied()
+                .filter(|r| *r >= want_fps - 0.01)
+                .min_by(|a, b| a.total_cmp(b))
+                .or_else(|| s.fps.iter().copied().max_by(|a, b| a.total_cmp(b)));
+            let Some(rate) = rate else { continue };
+            let area = u64::from(s.width) * u64::from(s.height);
+            let covers = s.width >= width && s.height >= height;
+            // Larger is better: among covering sizes the smallest, among the others the largest.
+            let closeness = if covers {
+                -(area.saturating_sub(want_area) as i64)
+            } else {
+                area as i64
+            };
+            let key = (
+                covers,
+                rate >= 0.8 * want_fps,
+                closeness,
+                media != "image/jpeg",
+            );
+            if best.as_ref().is_none_or(|(k, _)| key > *k) {
+                let choice = V4l2Choice {
+                    fourcc: f.fourcc.clone(),
+                    width: s.width,
+                    height: s.height,
+                    fps: rate,
+                    media,
+                };
+                best = Some((key, choice));
+            }
+        }
+    }
+    best.map(|(_, c)| c)
+}
+
+/// The JPEG decoder for MJPEG cameras: the Pi's hardware one (v4l2jpegdec) when present.
+fn jpeg_decoder() -> &'static str {
+    if gstreamer::ElementFactory::find("v4l2jpegdec").is_some() {
+        "v4l2jpegdec"
+    } else {
+        "jpegdec"
+    }
+}
+
 /// The head of the video pipeline: `source ! ... ! video/x-raw,format=I420,width,height,framerate`.
 pub fn video_launch(src: &VideoSource, width: u32, height: u32, fps: u32) -> String {
     let raw = format!("video/x-raw,width={width},height={height},framerate={fps}/1");
@@ -190,10 +311,33 @@ pub fn video_launch(src: &VideoSource, width: u32, height: u32, fps: u32) -> Str
             };
             format!("videotestsrc is-live=true pattern=smpte horizontal-speed=4 ! {raw}{clock}")
         }
-        VideoSource::V4l2(dev) => format!(
-            "v4l2src device=\"{}\" io-mode=mmap ! decodebin3 ! {fit}",
-            dev.display()
-        ),
+        VideoSource::V4l2(dev) => {
+            let chosen = crate::devices::describe_camera(dev)
+                .and_then(|cam| choose_v4l2_format(&cam.formats, width, height, fps));
+            match chosen {
+                Some(c) => {
+                    tracing::info!(
+                        device = %dev.display(),
+                        format = %c.fourcc,
+                        width = c.width,
+                        height = c.height,
+                        fps = c.fps,
+                        "camera format chosen"
+                    );
+                    format!(
+                        "v4l2src device=\"{}\" io-mode=mmap ! {} ! {fit}",
+                        dev.display(),
+                        c.caps_and_decoder(jpeg_decoder())
+                    )
+                }
+                // Not readable yet (busy, a loopback device without a writer, only H.264):
+                // let GStreamer negotiate; a failure is retried like any capture fault.
+                None => format!(
+                    "v4l2src device=\"{}\" io-mode=mmap ! decodebin3 ! {fit}",
+                    dev.display()
+                ),
+            }
+        }
         VideoSource::Libcamera(name) => {
             let cam = name
                 .as_ref()
@@ -261,5 +405,101 @@ mod tests {
             "quotes cannot break out of the element"
         );
         assert!(AudioSource::parse("mic").is_err());
+    }
+
+    fn fmt(fourcc: &str, sizes: &[(u32, u32, &[f64])]) -> crate::devices::Format {
+        crate::devices::Format {
+            fourcc: fourcc.into(),
+            description: String::new(),
+            sizes: sizes
+                .iter()
+                .map(|(width, height, fps)| crate::devices::Size {
+                    width: *width,
+                    height: *height,
+                    fps: fps.to_vec(),
+                })
+                .collect(),
+        }
+    }
+
+    /// A typical UVC webcam: raw YUYV is full-rate only at small sizes, MJPEG at every size.
+    fn uvc() -> Vec<crate::devices::Format> {
+        vec![
+            fmt(
+                "YUYV",
+                &[
+                    (640, 480, &[30.0, 15.0]),
+                    (1280, 720, &[10.0, 5.0]),
+                    (1920, 1080, &[5.0]),
+                ],
+            ),
+            fmt(
+                "MJPG",
+                &[
+                    (640, 480, &[30.0]),
+                    (1280, 720, &[30.0]),
+                    (1920, 1080, &[30.0]),
+                ],
+            ),
+            fmt("H264", &[(1920, 1080, &[30.0])]),
+        ]
+    }
+
+    #[test]
+    fn uvc_camera_gets_raw_when_it_keeps_the_rate_else_mjpeg() {
+        let c = choose_v4l2_format(&uvc(), 640, 480, 30).unwrap(); // listed above
+        assert_eq!(
+            (c.fourcc.as_str(), c.width, c.height, c.fps),
+            ("YUYV", 640, 480, 30.0)
+        );
+        let c = choose_v4l2_format(&uvc(), 1280, 720, 30).unwrap(); // listed above
+        assert_eq!(
+            (c.fourcc.as_str(), c.width, c.height, c.fps),
+            ("MJPG", 1280, 720, 30.0)
+        );
+        assert_eq!(
+            c.caps_and_decoder("jpegdec"),
+            "image/jpeg,width=1280,height=720,framerate=(fraction)[29990/1000,30010/1000] ! jpegdec"
+        );
+        // 15 fps asked: raw 640x480 has exactly 15; 720p raw (10 fps) is too slow.
+        let c = choose_v4l2_format(&uvc(), 640, 480, 15).unwrap(); // listed above
+        assert_eq!((c.fourcc.as_str(), c.fps), ("YUYV", 15.0));
+    }
+
+    #[test]
+    fn smallest_size_covering_the_configured_one_else_the_largest() {
+        // vivid: 640x480 only up to 25 fps; 25 for 30 is close enough, no 4K capture.
+        let vivid = vec![fmt(
+            "YUYV",
+            &[
+                (320, 180, &[50.0, 30.0]),
+                (640, 480, &[25.0]),
+                (1280, 720, &[30.0]),
+                (3840, 2160, &[30.0]),
+            ],
+        )];
+        let c = choose_v4l2_format(&vivid, 640, 480, 30).unwrap(); // listed above
+        assert_eq!((c.width, c.height, c.fps), (640, 480, 25.0));
+        assert_eq!(
+            c.caps_and_decoder("jpegdec"),
+            "video/x-raw,format=YUY2,width=640,height=480,framerate=(fraction)[24990/1000,25010/1000]"
+        );
+        let c = choose_v4l2_format(&vivid, 1920, 1080, 30).unwrap(); // listed above
+        assert_eq!((c.width, c.height), (3840, 2160));
+        let c = choose_v4l2_format(&vivid, 7680, 4320, 30).unwrap(); // larger than any
+        assert_eq!((c.width, c.height), (3840, 2160));
+        // NTSC-style rates keep their exact fraction inside the range.
+        let ntsc = vec![fmt("NV12", &[(1280, 720, &[29.97])])];
+        let c = choose_v4l2_format(&ntsc, 1280, 720, 30).unwrap(); // listed above
+        assert!(c.caps_and_decoder("x").contains("[29960/1000,29980/1000]"));
+    }
+
+    #[test]
+    fn nothing_capturable_gives_none() {
+        assert_eq!(choose_v4l2_format(&[], 640, 480, 30), None);
+        let h264_only = vec![fmt("H264", &[(1920, 1080, &[30.0])])];
+        assert_eq!(choose_v4l2_format(&h264_only, 1920, 1080, 30), None);
+        let no_rates = vec![fmt("YUYV", &[(640, 480, &[])])];
+        assert_eq!(choose_v4l2_format(&no_rates, 640, 480, 30), None);
     }
 }
