@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod rtc_viewer;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
