@@ -190,6 +190,8 @@ pub struct MediaPipeline {
     pub encoder: EncoderKind,
     /// The resolved video source.
     pub source: VideoSource,
+    /// Configured width, height and rate: what a V4L2 camera's format is chosen for.
+    capture: (u32, u32, u32),
     /// Keyframe requests.
     pub keyframes: KeyframeRequester,
     /// Counters.
@@ -225,6 +227,27 @@ pub fn describe(settings: &MediaSettings, kind: EncoderKind) -> (String, Option<
     (video, audio)
 }
 
+/// Link the V4L2 decoder's source pad (`camdec`) to the rest of the chain (`camfit`) each time
+/// it appears: at every start, not only the first (see `source::video_launch`).
+fn link_camera_decoder(pipeline: &gst::Pipeline) {
+    let (Some(dec), Some(fit)) = (pipeline.by_name("camdec"), pipeline.by_name("camfit")) else {
+        return;
+    };
+    // Weak: the decoder's handler must not keep the next element alive after the pipeline.
+    let fit = fit.downgrade();
+    dec.connect_pad_added(move |_, pad| {
+        let Some(sink) = fit.upgrade().and_then(|f| f.static_pad("sink")) else {
+            return;
+        };
+        if sink.is_linked() {
+            return;
+        }
+        if let Err(e) = pad.link(&sink) {
+            tracing::warn!(error = ?e, "cannot link the camera's decoder");
+        }
+    });
+}
+
 impl MediaPipeline {
     /// Build the pipeline (not yet playing).
     pub fn build(settings: &MediaSettings) -> Result<MediaPipeline, PipelineError> {
@@ -248,6 +271,7 @@ impl MediaPipeline {
                 what: "media",
                 message: "not a pipeline".into(),
             })?;
+        link_camera_decoder(&pipeline);
         let stats = Arc::new(MediaStats::default());
         let (video_tx, _) = broadcast::channel(VIDEO_QUEUE);
         let (audio_tx, _) = broadcast::channel(AUDIO_QUEUE);
@@ -267,18 +291,56 @@ impl MediaPipeline {
             audio: audio_tx,
             has_audio,
             encoder: kind,
+            capture: (
+                settings.encode.width,
+                settings.encode.height,
+                settings.encode.framerate,
+            ),
             source: settings.video,
             keyframes,
             stats,
         })
     }
 
+    /// A V4L2 camera's capture format, read from the device now (see
+    /// [`source::choose_v4l2_format`]); GStreamer's own negotiation when it cannot be read.
+    fn choose_camera_format(&self, dev: &std::path::Path) {
+        let Some(filter) = self.pipeline.by_name("camcaps") else {
+            return;
+        };
+        let (width, height, fps) = self.capture;
+        let caps = match source::v4l2_choice(dev, width, height, fps) {
+            Some(c) => match c.caps().parse::<gst::Caps>() {
+                Ok(caps) => {
+                    tracing::info!(
+                        device = %dev.display(),
+                        format = %c.fourcc,
+                        width = c.width,
+                        height = c.height,
+                        fps = c.fps,
+                        "camera format chosen"
+                    );
+                    caps
+                }
+                Err(e) => {
+                    tracing::warn!(caps = %c.caps(), error = %e, "camera format not usable as caps");
+                    gst::Caps::new_any()
+                }
+            },
+            None => {
+                tracing::debug!(device = %dev.display(), "camera formats not readable now");
+                gst::Caps::new_any()
+            }
+        };
+        filter.set_property("caps", &caps);
+    }
+
     /// Set the pipeline playing; waits (up to `timeout`) for the state change and reports a
     /// failed one (device missing or busy, caps refused).
     pub fn start(&self, timeout: Duration) -> Result<(), PipelineError> {
-        self.stats
-            .started_unix_ms
-            .store(unix_ms(), Ordering::Relaxed);
+        if let VideoSource::V4l2(dev) = &self.source {
+            self.choose_camera_format(dev);
+        }
         self.pipeline
             .set_state(gst::State::Playing)
             .map_err(|_| PipelineError::Start(self.bus_error()))?;
@@ -292,6 +354,11 @@ impl MediaPipeline {
             let _ = self.pipeline.set_state(gst::State::Null);
             return Err(PipelineError::Start(why));
         }
+        // Frames are due from now on: a failed attempt does not count (a camera that keeps
+        // failing to start stays unhealthy however often it is retried).
+        self.stats
+            .started_unix_ms
+            .store(unix_ms(), Ordering::Relaxed);
         Ok(())
     }
 

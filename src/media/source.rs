@@ -185,22 +185,25 @@ pub struct V4l2Choice {
 }
 
 impl V4l2Choice {
-    /// Caps for `v4l2src`'s output, plus a JPEG decoder after it for MJPEG.
-    pub fn caps_and_decoder(&self, jpeg_decoder: &str) -> String {
+    /// Caps for `v4l2src`'s output.
+    pub fn caps(&self) -> String {
         // A narrow range around the driver's rate: its exact fraction (30000/1001, 15/2, ...)
         // is inside it, and no other rate the driver lists is.
         let lo = ((self.fps - 0.01) * 1000.0).round().max(1.0) as u64;
         let hi = ((self.fps + 0.01) * 1000.0).round() as u64;
-        let caps = format!(
+        format!(
             "{},width={},height={},framerate=(fraction)[{lo}/1000,{hi}/1000]",
             self.media, self.width, self.height
-        );
-        if self.media == "image/jpeg" {
-            format!("{caps} ! {jpeg_decoder}")
-        } else {
-            caps
-        }
+        )
     }
+}
+
+/// The capture format for the V4L2 camera at `dev`, read from the device now; `None` when it
+/// cannot be read (missing, busy, a loopback device without a writer) or lists nothing campeer
+/// can capture.
+pub fn v4l2_choice(dev: &Path, width: u32, height: u32, fps: u32) -> Option<V4l2Choice> {
+    let cam = crate::devices::describe_camera(dev)?;
+    choose_v4l2_format(&cam.formats, width, height, fps)
 }
 
 /// The GStreamer caps of a V4L2 FourCC campeer can capture, without decoding anything but JPEG.
@@ -224,7 +227,8 @@ fn v4l2_media(fourcc: &str) -> Option<&'static str> {
 /// 1. a size at least as large as configured (the smallest such), else the largest;
 /// 2. at that, a format that reaches the rate (80 % of it counts: 25 fps for 30 is fine),
 ///    since USB cameras often give raw frames at full size only at a few fps, and MJPEG at 30;
-/// 3. then raw formats before MJPEG (no decode), in the driver's order.
+/// 3. then raw formats before MJPEG (no decode), in the driver's order. MJPEG is decoded by
+///    decodebin3's highest-ranked JPEG decoder (a hardware one where the board registers it).
 ///
 /// H.264 from the camera is not passed through yet; a camera that lists only formats campeer
 /// cannot capture gets `None` (GStreamer's own negotiation then).
@@ -280,15 +284,6 @@ pub fn choose_v4l2_format(
     best.map(|(_, c)| c)
 }
 
-/// The JPEG decoder for MJPEG cameras: the Pi's hardware one (v4l2jpegdec) when present.
-fn jpeg_decoder() -> &'static str {
-    if gstreamer::ElementFactory::find("v4l2jpegdec").is_some() {
-        "v4l2jpegdec"
-    } else {
-        "jpegdec"
-    }
-}
-
 /// The head of the video pipeline: `source ! ... ! video/x-raw,format=I420,width,height,framerate`.
 pub fn video_launch(src: &VideoSource, width: u32, height: u32, fps: u32) -> String {
     let raw = format!("video/x-raw,width={width},height={height},framerate={fps}/1");
@@ -311,33 +306,19 @@ pub fn video_launch(src: &VideoSource, width: u32, height: u32, fps: u32) -> Str
             };
             format!("videotestsrc is-live=true pattern=smpte horizontal-speed=4 ! {raw}{clock}")
         }
-        VideoSource::V4l2(dev) => {
-            let chosen = crate::devices::describe_camera(dev)
-                .and_then(|cam| choose_v4l2_format(&cam.formats, width, height, fps));
-            match chosen {
-                Some(c) => {
-                    tracing::info!(
-                        device = %dev.display(),
-                        format = %c.fourcc,
-                        width = c.width,
-                        height = c.height,
-                        fps = c.fps,
-                        "camera format chosen"
-                    );
-                    format!(
-                        "v4l2src device=\"{}\" io-mode=mmap ! {} ! {fit}",
-                        dev.display(),
-                        c.caps_and_decoder(jpeg_decoder())
-                    )
-                }
-                // Not readable yet (busy, a loopback device without a writer, only H.264):
-                // let GStreamer negotiate; a failure is retried like any capture fault.
-                None => format!(
-                    "v4l2src device=\"{}\" io-mode=mmap ! decodebin3 ! {fit}",
-                    dev.display()
-                ),
-            }
-        }
+        // The capture format is chosen from the device's own list at every start
+        // (MediaPipeline::start sets `camcaps`): a camera plugged in later, or replaced by
+        // another model, gets its own. decodebin3 passes raw video through and decodes MJPEG.
+        //
+        // decodebin3's source pad is new at every start, and gst-launch links such a pad only
+        // once: it is left unlinked here (two chains) and MediaPipeline links it on each
+        // pad-added, or a restarted camera would stop with "not-linked" forever.
+        VideoSource::V4l2(dev) => format!(
+            "v4l2src device=\"{}\" io-mode=mmap ! capsfilter name=camcaps ! decodebin3 name=camdec  \
+             {}",
+            dev.display(),
+            fit.replacen("videorate ", "videorate name=camfit ", 1)
+        ),
         VideoSource::Libcamera(name) => {
             let cam = name
                 .as_ref()
@@ -458,8 +439,8 @@ mod tests {
             ("MJPG", 1280, 720, 30.0)
         );
         assert_eq!(
-            c.caps_and_decoder("jpegdec"),
-            "image/jpeg,width=1280,height=720,framerate=(fraction)[29990/1000,30010/1000] ! jpegdec"
+            c.caps(),
+            "image/jpeg,width=1280,height=720,framerate=(fraction)[29990/1000,30010/1000]"
         );
         // 15 fps asked: raw 640x480 has exactly 15; 720p raw (10 fps) is too slow.
         let c = choose_v4l2_format(&uvc(), 640, 480, 15).unwrap(); // listed above
@@ -481,7 +462,7 @@ mod tests {
         let c = choose_v4l2_format(&vivid, 640, 480, 30).unwrap(); // listed above
         assert_eq!((c.width, c.height, c.fps), (640, 480, 25.0));
         assert_eq!(
-            c.caps_and_decoder("jpegdec"),
+            c.caps(),
             "video/x-raw,format=YUY2,width=640,height=480,framerate=(fraction)[24990/1000,25010/1000]"
         );
         let c = choose_v4l2_format(&vivid, 1920, 1080, 30).unwrap(); // listed above
@@ -491,7 +472,7 @@ mod tests {
         // NTSC-style rates keep their exact fraction inside the range.
         let ntsc = vec![fmt("NV12", &[(1280, 720, &[29.97])])];
         let c = choose_v4l2_format(&ntsc, 1280, 720, 30).unwrap(); // listed above
-        assert!(c.caps_and_decoder("x").contains("[29960/1000,29980/1000]"));
+        assert!(c.caps().contains("[29960/1000,29980/1000]"));
     }
 
     #[test]
