@@ -195,6 +195,21 @@ fn spawn_watchdog(tasks: &TaskTracker, shutdown: CancellationToken) {
     });
 }
 
+/// How long the pipeline has gone without a video frame, counted from whichever is later: the
+/// last frame or the last start.
+fn frame_age(media: &MediaPipeline) -> Duration {
+    let stats = &media.stats;
+    let last = stats
+        .last_frame_unix_ms
+        .load(Ordering::Relaxed)
+        .max(stats.started_unix_ms.load(Ordering::Relaxed));
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    Duration::from_millis(now.saturating_sub(last))
+}
+
 /// What `/healthz` and `/metrics` report for a running camera.
 struct CameraObserver {
     media: Arc<MediaPipeline>,
@@ -209,17 +224,7 @@ impl Observer for CameraObserver {
         if !*self.demand.borrow() {
             return Ok(()); // capture is off on purpose: no viewers
         }
-        let stats = &self.media.stats;
-        // Frames are expected from whichever is later: the last frame, or the last start.
-        let last = stats
-            .last_frame_unix_ms
-            .load(Ordering::Relaxed)
-            .max(stats.started_unix_ms.load(Ordering::Relaxed));
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let age = Duration::from_millis(now.saturating_sub(last));
+        let age = frame_age(&self.media);
         if age > self.stall {
             return Err(format!(
                 "no frame from the camera for {:.1} s",
@@ -336,15 +341,18 @@ fn pipeline_problem(msg: &gstreamer::Message) -> Option<String> {
 }
 
 /// Keep the pipeline playing while capture is wanted (`demand`: always-on, or viewers present)
-/// and stopped while it is not. On an error on its bus (device unplugged, busy, I/O error) or
-/// end-of-stream, log it with the element that failed and restart the pipeline with backoff
-/// until it plays again. The daemon never exits for a device fault.
+/// and stopped while it is not. On an error on its bus (device unplugged, busy, I/O error),
+/// end-of-stream, or no video frame for `stall` (a camera or loopback writer that went quiet
+/// without an error), log it with the element that failed and restart the pipeline with
+/// backoff (at most 1 s apart for the first minute of an outage) until it plays again. The
+/// daemon never exits for a device fault, and viewers stay connected through it.
 fn spawn_media_supervisor(
     media: Arc<MediaPipeline>,
     tasks: &TaskTracker,
     shutdown: CancellationToken,
     mut playing: bool,
     mut demand: watch::Receiver<bool>,
+    stall: Duration,
 ) {
     let Some(bus) = media.bus() else { return };
     tasks.spawn(async move {
@@ -353,6 +361,9 @@ fn spawn_media_supervisor(
         let mut attempt = 0u32;
         // The last start failed (or the pipeline broke): wait a backoff before the next try.
         let mut failing = !playing && *demand.borrow();
+        let mut failing_since = failing.then(tokio::time::Instant::now);
+        let mut stall_check = tokio::time::interval(Duration::from_secs(1));
+        stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let wanted = *demand.borrow_and_update();
             if playing && !wanted {
@@ -364,16 +375,27 @@ fn spawn_media_supervisor(
                 continue;
             }
             if playing {
-                let msg = tokio::select! {
-                    m = messages.next() => match m { Some(m) => m, None => break },
+                let problem = tokio::select! {
+                    m = messages.next() => match m {
+                        Some(m) => pipeline_problem(&m),
+                        None => break,
+                    },
+                    _ = stall_check.tick() => {
+                        let age = frame_age(&media);
+                        (age > stall).then(|| format!(
+                            "no video frame for {:.1} s (camera unplugged or stalled)",
+                            age.as_secs_f64()
+                        ))
+                    }
                     r = demand.changed() => { if r.is_err() { break } continue }
                     _ = shutdown.cancelled() => break,
                 };
-                if let Some(problem) = pipeline_problem(&msg) {
+                if let Some(problem) = problem {
                     tracing::error!(source = %media.source, %problem, "media pipeline failed; restarting it");
                     media.stop();
                     playing = false;
                     failing = true;
+                    failing_since = Some(tokio::time::Instant::now());
                 }
                 continue;
             }
@@ -385,7 +407,7 @@ fn spawn_media_supervisor(
                 continue;
             }
             if failing {
-                let wait = camera::backoff(attempt);
+                let wait = camera::reconnect_backoff(attempt, failing_since.map(|t| t.elapsed()));
                 attempt = (attempt + 1).min(8);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
@@ -410,14 +432,13 @@ fn spawn_media_supervisor(
                     }
                     attempt = 0;
                     failing = false;
+                    failing_since = None;
                     playing = true;
                 }
                 Ok(Err(e)) => {
                     failing = true;
-                    tracing::warn!(
-                        source = %media.source, error = %e, retry_in = ?camera::backoff(attempt),
-                        "media pipeline still failing"
-                    )
+                    failing_since.get_or_insert_with(tokio::time::Instant::now);
+                    tracing::warn!(source = %media.source, error = %e, "media pipeline still failing")
                 }
                 Err(e) => {
                     failing = true;
@@ -510,6 +531,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         shutdown.clone(),
         playing,
         demand_rx.clone(),
+        config.camera.stall_timeout,
     );
     if always_on {
         drop(viewers_rx);
