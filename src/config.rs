@@ -84,7 +84,7 @@ pub struct CameraConfig {
     /// With `always-on = false`: how long capture keeps running after the last viewer leaves.
     #[serde(deserialize_with = "de_duration")]
     pub idle_stop: Duration,
-    /// `/healthz` reports unhealthy when no frame came from the camera for this long.
+    /// `/healthz` reports unhealthy, and capture restarts, when no frame came for this long.
     #[serde(deserialize_with = "de_duration")]
     pub stall_timeout: Duration,
     /// Local UDP addresses WebRTC binds. `0.0.0.0:0` means every interface except loopback, so
