@@ -5,8 +5,8 @@
 
 mod common;
 
-use common::rtc_viewer::{RtcViewer, assert_smpte_bars};
 use common::Campeer;
+use common::rtc_viewer::{RtcViewer, assert_smpte_bars};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,7 +33,10 @@ async fn viewer_sees_the_bars_and_hears_the_tone() {
     assert_smpte_bars(&picture);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let hz = viewer.tone_hz(1.0).expect("a second of audio decoded");
-    assert!((hz - 1000.0).abs() < 15.0, "tone at {hz:.1} Hz, sent 1000 Hz");
+    assert!(
+        (hz - 1000.0).abs() < 15.0,
+        "tone at {hz:.1} Hz, sent 1000 Hz"
+    );
     eprintln!("viewer: 640x480 bars in place, tone {hz:.1} Hz");
     viewer.close().await;
     drop(camera);

@@ -8,6 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
+use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::Registry;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
@@ -20,8 +21,7 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
     RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceGatheringState, RTCPeerConnectionState,
-    RTCSessionDescription,
-    register_default_interceptors,
+    RTCSessionDescription, SettingEngineBuilder, register_default_interceptors,
 };
 
 /// The last decoded picture (RGB, tightly packed).
@@ -134,7 +134,9 @@ impl PeerConnectionEventHandler for Handler {
                     };
                     let mut r = received.lock().expect("received lock");
                     if kind == RtpCodecKind::Video {
-                        let s = sample.caps().and_then(|c| c.structure(0).map(|s| s.to_owned()));
+                        let s = sample
+                            .caps()
+                            .and_then(|c| c.structure(0).map(|s| s.to_owned()));
                         let (w, h) = s
                             .map(|s| {
                                 (
@@ -153,11 +155,16 @@ impl PeerConnectionEventHandler for Handler {
                             }
                         }
                         r.frames += 1;
-                        r.picture = Picture { width: w, height: h, rgb };
+                        r.picture = Picture {
+                            width: w,
+                            height: h,
+                            rgb,
+                        };
                         r.last_frame = Some(Instant::now());
                     } else {
                         r.audio.extend(
-                            map.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])),
+                            map.chunks_exact(2)
+                                .map(|b| i16::from_le_bytes([b[0], b[1]])),
                         );
                         let keep = 48_000 * 4;
                         if r.audio.len() > keep {
@@ -169,15 +176,23 @@ impl PeerConnectionEventHandler for Handler {
                 })
                 .build(),
         );
-        pipeline.set_state(gst::State::Playing).expect("play decode pipeline");
-        self.pipelines.lock().expect("pipelines lock").push(pipeline);
+        pipeline
+            .set_state(gst::State::Playing)
+            .expect("play decode pipeline");
+        self.pipelines
+            .lock()
+            .expect("pipelines lock")
+            .push(pipeline);
         tokio::spawn(async move {
             while let Some(event) = track.poll().await {
                 match event {
                     TrackRemoteEvent::OnRtpPacket(mut packet) => {
                         // The decode caps name fixed payload types.
-                        packet.header.payload_type =
-                            if kind == RtpCodecKind::Video { 102 } else { 111 };
+                        packet.header.payload_type = if kind == RtpCodecKind::Video {
+                            102
+                        } else {
+                            111
+                        };
                         if let Ok(bytes) = packet.marshal() {
                             let _ = src.push_buffer(gst::Buffer::from_slice(bytes));
                         }
@@ -218,7 +233,9 @@ impl RtcViewer {
             .expect("signaling websocket");
         let (mut tx, mut rx) = ws.split();
         let join = json!({"type": "join", "room": room, "role": "viewer", "token": token, "name": "rtc-viewer"});
-        tx.send(Message::text(join.to_string())).await.expect("send join");
+        tx.send(Message::text(join.to_string()))
+            .await
+            .expect("send join");
 
         // The camera: already in the room (created) or joining later (joined).
         let camera = loop {
@@ -273,7 +290,8 @@ impl RtcViewer {
             RtpCodecKind::Audio,
         )
         .expect("register Opus");
-        let registry = register_default_interceptors(Registry::new(), &mut me).expect("interceptors");
+        let registry =
+            register_default_interceptors(Registry::new(), &mut me).expect("interceptors");
         let (gathered_tx, mut gathered_rx) = tokio::sync::mpsc::channel(1);
         let received = Arc::new(Mutex::new(Received::default()));
         let pipelines = Arc::new(Mutex::new(Vec::new()));
@@ -284,6 +302,12 @@ impl RtcViewer {
         });
         let pc = PeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
+            // Loopback only: no multicast DNS (the VM has no multicast route at all).
+            .with_setting_engine(
+                SettingEngineBuilder::new()
+                    .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+                    .build(),
+            )
             .with_media_engine(me)
             .with_interceptor_registry(registry)
             .with_handler(handler)
@@ -309,7 +333,9 @@ impl RtcViewer {
         let _ = tokio::time::timeout(Duration::from_secs(10), gathered_rx.recv()).await;
         let sdp = pc.local_description().await.expect("local description").sdp;
         let offer = json!({"type": "offer", "to": camera, "sdp": sdp});
-        tx.send(Message::text(offer.to_string())).await.expect("send offer");
+        tx.send(Message::text(offer.to_string()))
+            .await
+            .expect("send offer");
 
         let pc2 = pc.clone();
         let ws_task = tokio::spawn(async move {
@@ -322,12 +348,14 @@ impl RtcViewer {
                     Some("answer") => {
                         let sdp = v["sdp"].as_str().unwrap_or_default().to_owned();
                         let answer = RTCSessionDescription::answer(sdp).expect("answer SDP");
-                        pc2.set_remote_description(answer).await.expect("remote answer");
+                        pc2.set_remote_description(answer)
+                            .await
+                            .expect("remote answer");
                     }
                     Some("candidate") if v["candidate"].is_object() => {
-                        if let Ok(c) = serde_json::from_value::<RTCIceCandidateInit>(
-                            v["candidate"].clone(),
-                        ) {
+                        if let Ok(c) =
+                            serde_json::from_value::<RTCIceCandidateInit>(v["candidate"].clone())
+                        {
                             if !c.candidate.is_empty() {
                                 let _ = pc2.add_ice_candidate(c).await;
                             }
@@ -380,10 +408,7 @@ impl RtcViewer {
             return None;
         }
         let tail = &r.audio[r.audio.len() - n..];
-        let crossings = tail
-            .windows(2)
-            .filter(|w| (w[0] < 0) != (w[1] < 0))
-            .count();
+        let crossings = tail.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
         Some(crossings as f64 / 2.0 / seconds)
     }
 
