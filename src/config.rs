@@ -147,6 +147,19 @@ pub struct VideoConfig {
     pub keyframe_interval: Duration,
     /// `auto` or a GStreamer H.264 encoder element name.
     pub encoder: String,
+    /// The codec for viewers whose browser cannot decode H.264: `vp8` (a second encode, run
+    /// only while such a viewer watches) or `none` (they get a clear refusal).
+    pub fallback: Fallback,
+}
+
+/// `video.fallback`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fallback {
+    /// VP8, encoded once for every such viewer.
+    Vp8,
+    /// No second encode.
+    None,
 }
 
 impl Default for VideoConfig {
@@ -159,6 +172,7 @@ impl Default for VideoConfig {
             bitrate_kbps: 2500,
             keyframe_interval: Duration::from_secs(2),
             encoder: "auto".into(),
+            fallback: Fallback::Vp8,
         }
     }
 }

@@ -4,7 +4,7 @@
 //! pipeline after device faults, and shutdown: on SIGTERM or Ctrl-C every task is cancelled and
 //! waited for, viewers get `exit`, the pipeline goes to NULL.
 
-use crate::camera::peer::PeerStats;
+use crate::camera::peer::{PeerStats, VideoCodec};
 use crate::camera::{self, CameraAuth, CameraSettings, CameraState};
 use crate::config::{Config, TransportPolicy};
 use crate::media::encoder::EncodeSettings;
@@ -287,6 +287,24 @@ impl Observer for CameraObserver {
                     out.push_str(&format!("{name}{{viewer=\"{id}\"}} {}\n", value(v)));
                 }
             }
+            out.push_str("# TYPE campeer_viewers_by_codec gauge\n");
+            for codec in [VideoCodec::H264, VideoCodec::Vp8] {
+                let n = viewers
+                    .values()
+                    .filter(|v| v.codec.get() == Some(&codec))
+                    .count();
+                out.push_str(&format!(
+                    "campeer_viewers_by_codec{{codec=\"{codec}\"}} {n}\n"
+                ));
+            }
+        }
+        if let Some(vp8) = &self.media.vp8 {
+            out.push_str(&format!(
+                "# TYPE campeer_vp8_frames_encoded_total counter\ncampeer_vp8_frames_encoded_total {}\n\
+                 # TYPE campeer_vp8_encoder_running gauge\ncampeer_vp8_encoder_running {}\n",
+                vp8.stats.frames.load(Ordering::Relaxed),
+                u8::from(vp8.viewer_count() > 0),
+            ));
         }
         out
     }
@@ -316,6 +334,7 @@ fn media_settings(config: &Config) -> Result<MediaSettings, PipelineError> {
             gop,
         },
         audio_bitrate_kbps: config.audio.bitrate_kbps,
+        vp8_fallback: config.video.fallback == crate::config::Fallback::Vp8,
     })
 }
 

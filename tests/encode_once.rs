@@ -23,6 +23,7 @@ fn settings(encoder: &str, video: VideoSource, gop: u32) -> MediaSettings {
             gop,
         },
         audio_bitrate_kbps: 64,
+        vp8_fallback: false,
     }
 }
 

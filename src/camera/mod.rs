@@ -602,6 +602,11 @@ impl Camera {
         self.peer_session.remove(id);
         if let Some(p) = self.peers.remove(id) {
             tracing::info!(viewer = %id, reason = why, viewers = self.peers.len(), "viewer gone");
+            if p.codec == peer::VideoCodec::Vp8 {
+                if let Some(vp8) = &self.media.vp8 {
+                    vp8.viewer_left();
+                }
+            }
             self.forget(id);
             self.tasks.spawn(p.close());
         }
@@ -677,6 +682,26 @@ impl Camera {
                 let has_turn = ice
                     .iter()
                     .any(|s| s.urls.iter().any(|u| u.starts_with("turn")));
+                let Some(codec) = peer::choose_codec(&sdp, self.media.vp8.is_some()) else {
+                    let codecs = offered_codecs(&sdp);
+                    tracing::warn!(viewer = %from, offered = %codecs, "viewer cannot decode H.264 and the VP8 fallback is off (video.fallback); refused");
+                    let message = "this browser cannot decode H.264 video; try Chrome, Safari, or Firefox with the OpenH264 plugin".to_owned();
+                    return send(
+                        ws,
+                        &ClientMessage::Reject {
+                            to: from,
+                            code: "no-h264".into(),
+                            message,
+                        },
+                    )
+                    .await;
+                };
+                let (video, keyframes) = match (codec, &self.media.vp8) {
+                    (peer::VideoCodec::Vp8, Some(vp8)) => {
+                        (vp8.video.subscribe(), vp8.keyframes.clone())
+                    }
+                    _ => (self.media.video.subscribe(), self.media.keyframes.clone()),
+                };
                 let setup = PeerSetup {
                     viewer: from.clone(),
                     ice_servers: ice,
@@ -687,38 +712,31 @@ impl Camera {
                     mdns: self.settings.mdns,
                     playout_delay_zero: self.settings.playout_delay_zero,
                     events: self.events_tx.clone(),
-                    video: self.media.video.subscribe(),
+                    video,
                     audio: self.media.has_audio.then(|| self.media.audio.subscribe()),
-                    keyframes: self.media.keyframes.clone(),
+                    keyframes,
+                    codec,
                 };
                 match peer::answer(setup, sdp.clone()).await {
                     Ok((p, answer)) => {
+                        if codec == peer::VideoCodec::Vp8 {
+                            if let Some(vp8) = &self.media.vp8 {
+                                vp8.viewer_joined();
+                            }
+                        }
+                        let _ = p.stats.codec.set(codec);
                         if let Ok(mut v) = self.state.viewers.lock() {
                             v.insert(from.clone(), p.stats.clone());
                         }
                         self.peers.insert(from.clone(), p);
                         self.peer_session.insert(from.clone(), self.session);
                         self.publish_count();
-                        tracing::info!(viewer = %from, viewers = self.peers.len(), "viewer connecting");
+                        tracing::info!(viewer = %from, viewers = self.peers.len(), %codec, "viewer connecting");
                         send(
                             ws,
                             &ClientMessage::Answer {
                                 to: from,
                                 sdp: answer,
-                            },
-                        )
-                        .await?;
-                    }
-                    Err(peer::PeerError::NoH264) => {
-                        let codecs = offered_codecs(&sdp);
-                        tracing::warn!(viewer = %from, offered = %codecs, "viewer cannot decode H.264; refused");
-                        let message = "this browser cannot decode H.264 video; try Chrome, Safari, or Firefox with the OpenH264 plugin".to_owned();
-                        send(
-                            ws,
-                            &ClientMessage::Reject {
-                                to: from,
-                                code: "no-h264".into(),
-                                message,
                             },
                         )
                         .await?;

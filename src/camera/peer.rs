@@ -16,6 +16,7 @@ use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp::codec::h264::H264Payloader;
 use rtc::rtp::codec::opus::OpusPayloader;
+use rtc::rtp::codec::vp8::Vp8Payloader;
 use rtc::rtp::extension::playout_delay_extension::PlayoutDelayExtension;
 use rtc::rtp::packetizer::Payloader;
 use rtc::rtp_transceiver::RTCRtpTransceiverDirection;
@@ -57,11 +58,55 @@ pub enum PeerError {
     /// webrtc-rs refused something (bad SDP, no common codec, socket bind).
     #[error("webrtc: {0}")]
     Webrtc(#[from] webrtc::error::Error),
-    /// The offer has no H.264 that campeer can send.
+    /// The offer has no video codec campeer can send.
     #[error(
-        "the viewer's offer has no H.264 video campeer can send (packetization-mode=1, constrained baseline)"
+        "the viewer's offer has no video codec campeer can send (H.264 with packetization-mode=1, or VP8 with the fallback on)"
     )]
-    NoH264,
+    NoCodec,
+}
+
+/// The video codec of one viewer's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoCodec {
+    /// The main encode: every browser with H.264.
+    H264,
+    /// The fallback encode, for browsers without H.264.
+    Vp8,
+}
+
+impl VideoCodec {
+    /// Lower-case name for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            VideoCodec::H264 => "h264",
+            VideoCodec::Vp8 => "vp8",
+        }
+    }
+}
+
+impl std::fmt::Display for VideoCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The codec to answer `offer` with: H.264 when the offer has it, else VP8 when the fallback
+/// is on and the offer has VP8, else none.
+pub fn choose_codec(offer: &str, vp8_fallback: bool) -> Option<VideoCodec> {
+    if offer_has_h264(offer) {
+        Some(VideoCodec::H264)
+    } else if vp8_fallback && offer_has_vp8(offer) {
+        Some(VideoCodec::Vp8)
+    } else {
+        None
+    }
+}
+
+/// True when the offer lists VP8.
+pub fn offer_has_vp8(sdp: &str) -> bool {
+    sdp.lines()
+        .filter_map(|l| l.strip_prefix("a=rtpmap:"))
+        .any(|l| l.to_ascii_uppercase().contains(" VP8/90000"))
 }
 
 /// Events a viewer's connection reports to the peer manager.
@@ -134,6 +179,8 @@ pub struct PeerStats {
     pub rtt_us: AtomicU64,
     /// Video packet loss the viewer reports in RTCP receiver reports, per million.
     pub loss_ppm: AtomicU64,
+    /// The video codec, once answered.
+    pub codec: std::sync::OnceLock<VideoCodec>,
 }
 
 /// How often a viewer's RTT and loss are sampled for `/metrics`.
@@ -201,6 +248,8 @@ pub struct PeerSetup {
     pub audio: Option<broadcast::Receiver<Arc<EncodedFrame>>>,
     /// Asks the encoder for keyframes.
     pub keyframes: KeyframeRequester,
+    /// The video codec (`video` and `keyframes` are that encoder's).
+    pub codec: VideoCodec,
 }
 
 /// A live viewer connection.
@@ -211,6 +260,8 @@ pub struct Peer {
     pub stats: Arc<PeerStats>,
     /// Stops this viewer's tasks.
     pub cancel: CancellationToken,
+    /// Its video codec.
+    pub codec: VideoCodec,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -225,6 +276,10 @@ fn feedback(typ: &str, parameter: &str) -> RTCPFeedback {
 const H264_PT: u8 = 102;
 /// The RTX (RFC 4588) payload type paired with [`H264_PT`].
 const RTX_PT: u8 = 103;
+/// campeer's VP8 payload type in its own registry.
+const VP8_PT: u8 = 96;
+/// The RTX payload type paired with [`VP8_PT`].
+const VP8_RTX_PT: u8 = 97;
 
 fn codec_h264() -> RTCRtpCodec {
     RTCRtpCodec {
@@ -242,14 +297,29 @@ fn codec_h264() -> RTCRtpCodec {
     }
 }
 
-/// RTX for H.264: retransmissions on their own SSRC, so the browser's loss and jitter
-/// statistics for the media stream stay clean.
-fn codec_rtx() -> RTCRtpCodec {
+/// VP8 with the same feedback as H.264.
+fn codec_vp8() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: "video/VP8".to_owned(),
+        clock_rate: 90_000,
+        channels: 0,
+        sdp_fmtp_line: String::new(),
+        rtcp_feedback: vec![
+            feedback(TYPE_RTCP_FB_NACK, ""),
+            feedback(TYPE_RTCP_FB_NACK, "pli"),
+            feedback(TYPE_RTCP_FB_CCM, "fir"),
+        ],
+    }
+}
+
+/// RTX for the video codec (payload type `apt`): retransmissions on their own SSRC, so the
+/// browser's loss and jitter statistics for the media stream stay clean.
+fn codec_rtx(apt: u8) -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: MIME_TYPE_RTX.to_owned(),
         clock_rate: 90_000,
         channels: 0,
-        sdp_fmtp_line: format!("apt={H264_PT}"),
+        sdp_fmtp_line: format!("apt={apt}"),
         rtcp_feedback: vec![],
     }
 }
@@ -304,23 +374,25 @@ fn local_track(kind: RtpCodecKind, codec: RTCRtpCodec, ssrc: u32) -> MediaStream
 
 /// Answer `offer`: returns the connection and the answer SDP. Candidates trickle as events.
 pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), PeerError> {
-    if !offer_has_h264(&offer) {
-        return Err(PeerError::NoH264);
-    }
+    let (video_codec, video_pt, rtx_pt) = match setup.codec {
+        VideoCodec::H264 if offer_has_h264(&offer) => (codec_h264(), H264_PT, RTX_PT),
+        VideoCodec::Vp8 if offer_has_vp8(&offer) => (codec_vp8(), VP8_PT, VP8_RTX_PT),
+        _ => return Err(PeerError::NoCodec),
+    };
     let mut me = MediaEngine::default();
     me.register_codec(
         RTCRtpCodecParameters {
-            rtp_codec: codec_h264(),
-            payload_type: H264_PT,
+            rtp_codec: video_codec.clone(),
+            payload_type: video_pt,
             ..Default::default()
         },
         RtpCodecKind::Video,
     )?;
-    // Negotiated when the offer has RTX for H.264; the NACK responder then resends over it.
+    // Negotiated when the offer has RTX for the codec; the NACK responder then resends over it.
     me.register_codec(
         RTCRtpCodecParameters {
-            rtp_codec: codec_rtx(),
-            payload_type: RTX_PT,
+            rtp_codec: codec_rtx(video_pt),
+            payload_type: rtx_pt,
             ..Default::default()
         },
         RtpCodecKind::Video,
@@ -385,7 +457,7 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
     let video_ssrc = rand::random::<u32>();
     let video_track = Arc::new(TrackLocalStaticRTP::new(local_track(
         RtpCodecKind::Video,
-        codec_h264(),
+        video_codec,
         video_ssrc,
     )));
     let video_sender = pc
@@ -429,7 +501,7 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
     let cancel = CancellationToken::new();
     let mut tasks = Vec::new();
     // Payload types as negotiated (the browser's numbers, not the ones registered above).
-    let video_pt = negotiated_pt(&video_sender).await.unwrap_or(H264_PT);
+    let video_pt = negotiated_pt(&video_sender).await.unwrap_or(video_pt);
     // The negotiated id, set on each packet by `feed` and written with plain `write_rtp`:
     // webrtc-rs 0.21.1's `write_rtp_with_extensions` (and its sample writer) use extension ids
     // snapshotted before negotiation, so the core rejects those packets ("extension not found").
@@ -449,7 +521,7 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
             playout_delay,
             ssrc: video_ssrc,
             clock_rate: 90_000,
-            video: true,
+            video: Some(setup.codec),
             stats: stats.clone(),
             keyframes: Some(setup.keyframes.clone()),
         },
@@ -478,7 +550,7 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
                 pt,
                 ssrc,
                 clock_rate: 48_000,
-                video: false,
+                video: None,
                 stats: stats.clone(),
                 keyframes: None,
                 playout_delay: None,
@@ -494,6 +566,7 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
             pc,
             stats,
             cancel,
+            codec: setup.codec,
             tasks,
         },
         answer_sdp,
@@ -584,7 +657,8 @@ struct Feed {
     playout_delay: Option<(u8, bytes::Bytes)>,
     ssrc: u32,
     clock_rate: u32,
-    video: bool,
+    /// The video codec; `None` for audio.
+    video: Option<VideoCodec>,
     stats: Arc<PeerStats>,
     keyframes: Option<KeyframeRequester>,
 }
@@ -598,11 +672,16 @@ struct RtpOut {
 }
 
 impl RtpOut {
-    fn new(video: bool) -> Self {
-        let payloader: Box<dyn Payloader> = if video {
-            Box::new(H264Payloader::default())
-        } else {
-            Box::new(OpusPayloader)
+    fn new(video: Option<VideoCodec>) -> Self {
+        let payloader: Box<dyn Payloader> = match video {
+            Some(VideoCodec::H264) => Box::new(H264Payloader::default()),
+            // The picture id lets the browser tell a lost packet from a lost frame.
+            Some(VideoCodec::Vp8) => {
+                let mut vp8 = Vp8Payloader::default();
+                vp8.enable_picture_id = true;
+                Box::new(vp8)
+            }
+            None => Box::new(OpusPayloader),
         };
         Self {
             payloader,
@@ -628,7 +707,7 @@ impl RtpOut {
             let mut packet = rtc::rtp::Packet {
                 header: rtc::rtp::header::Header {
                     version: 2,
-                    marker: f.video && i + 1 == n,
+                    marker: f.video.is_some() && i + 1 == n,
                     payload_type: f.pt,
                     sequence_number: self.seq,
                     timestamp,
@@ -650,7 +729,7 @@ impl RtpOut {
                 }
             }
         }
-        if f.video {
+        if f.video.is_some() {
             f.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -724,7 +803,7 @@ async fn feed(
         }
     }
     let mut out = RtpOut::new(f.video);
-    let mut waiting_for_key = f.video && early.is_empty();
+    let mut waiting_for_key = f.video.is_some() && early.is_empty();
     for frame in early.drain(..) {
         out.send(&f, &frame).await;
     }
@@ -805,5 +884,10 @@ mod tests {
         assert!(!offer_has_h264(firefox_esr));
         let mode0 = "a=rtpmap:97 H264/90000\r\na=fmtp:97 profile-level-id=42e01f;level-asymmetry-allowed=1\r\n";
         assert!(!offer_has_h264(mode0));
+
+        assert_eq!(choose_codec(chrome, true), Some(VideoCodec::H264));
+        assert_eq!(choose_codec(firefox_esr, true), Some(VideoCodec::Vp8));
+        assert_eq!(choose_codec(firefox_esr, false), None);
+        assert_eq!(choose_codec(mode0, true), None);
     }
 }

@@ -167,6 +167,19 @@ pub struct EncodeSettings {
     pub gop: u32,
 }
 
+/// The VP8 encoder of the second branch (viewers without H.264): libvpx in real-time mode, no
+/// look-ahead, constant bitrate at the H.264 target, the same keyframe interval, and a
+/// resilient bitstream (a lost partition does not take the frame with it).
+pub fn vp8_fragment(s: &EncodeSettings) -> String {
+    format!(
+        "vp8enc name=vp8enc deadline=1 cpu-used=8 lag-in-frames=0 end-usage=cbr target-bitrate={} \
+         keyframe-max-dist={} error-resilient=partitions threads=2 buffer-size=1000 \
+         buffer-initial-size=500 buffer-optimal-size=600 undershoot=95",
+        u64::from(s.bitrate_kbps) * 1000,
+        s.gop.max(1)
+    )
+}
+
 /// The smallest H.264 level (as `level_idc`, e.g. 31 for 3.1) whose macroblock rate and frame
 /// size hold `width`x`height` at `fps` (H.264 Table A-1).
 pub fn level_for(width: u32, height: u32, fps: u32) -> u8 {

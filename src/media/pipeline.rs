@@ -78,6 +78,8 @@ pub struct MediaSettings {
     pub encode: EncodeSettings,
     /// Opus bitrate, kbit/s.
     pub audio_bitrate_kbps: u32,
+    /// A second, VP8 encode for viewers that cannot decode H.264 (started on demand).
+    pub vp8_fallback: bool,
 }
 
 /// Counters read by `/metrics` and `/healthz`.
@@ -192,6 +194,8 @@ pub struct MediaPipeline {
     pub source: VideoSource,
     /// Configured width, height and rate: what a V4L2 camera's format is chosen for.
     capture: (u32, u32, u32),
+    /// The VP8 branch, when the fallback is on.
+    pub vp8: Option<Vp8Branch>,
     /// Keyframe requests.
     pub keyframes: KeyframeRequester,
     /// Counters.
@@ -211,13 +215,32 @@ fn unix_ms() -> u64 {
 }
 
 /// The whole gst-launch description for these settings.
+///
+/// With the VP8 fallback, the raw video is split (`tee`) before the encoders: the H.264 branch
+/// as always, and a VP8 branch behind a closed `valve` that [`Vp8Branch::viewer_joined`]
+/// opens for the first viewer that cannot decode H.264 (a closed valve drops frames before
+/// the encoder, so the branch costs nothing while no such viewer watches). Each branch has its
+/// own leaky queue: a slow VP8 encode never holds the H.264 one back, and the VP8 sink does not
+/// take part in state changes (`async=false`): it gets no frame while the valve is closed, and
+/// the pipeline must still reach PLAYING.
 pub fn describe(settings: &MediaSettings, kind: EncoderKind) -> (String, Option<String>) {
     let s = &settings.encode;
-    let video = format!(
-        "{} ! queue max-size-buffers=2 max-size-time=0 max-size-bytes=0 leaky=downstream ! {} ! appsink name=video sync=false max-buffers=8 drop=true",
-        source::video_launch(&settings.video, s.width, s.height, s.framerate),
+    let queue = "queue max-size-buffers=2 max-size-time=0 max-size-bytes=0 leaky=downstream";
+    let h264 = format!(
+        "{queue} ! {} ! appsink name=video sync=false max-buffers=8 drop=true",
         encoder::launch_fragment(kind, s)
     );
+    let source = source::video_launch(&settings.video, s.width, s.height, s.framerate);
+    let video = if settings.vp8_fallback {
+        format!(
+            "{source} ! tee name=rawtee allow-not-linked=true  rawtee. ! {h264}  \
+             rawtee. ! valve name=vp8valve drop=true ! {queue} ! {} ! \
+             appsink name=vp8 sync=false async=false max-buffers=8 drop=true",
+            encoder::vp8_fragment(s)
+        )
+    } else {
+        format!("{source} ! {h264}")
+    };
     let audio = source::audio_launch(&settings.audio).map(|head| {
         format!(
             "{head} ! queue max-size-time=100000000 leaky=downstream ! opusenc bitrate={} frame-size=20 ! appsink name=audio sync=false max-buffers=16 drop=true",
@@ -225,6 +248,51 @@ pub fn describe(settings: &MediaSettings, kind: EncoderKind) -> (String, Option<
         )
     });
     (video, audio)
+}
+
+/// The VP8 encode for viewers without H.264: its frames, keyframe requests and counters, and
+/// the valve that runs it only while such a viewer watches.
+pub struct Vp8Branch {
+    /// Encoded VP8 frames.
+    pub video: broadcast::Sender<Arc<EncodedFrame>>,
+    /// Asks the VP8 encoder for keyframes.
+    pub keyframes: KeyframeRequester,
+    /// Frames, keyframes and bytes out of the VP8 encoder.
+    pub stats: Arc<MediaStats>,
+    valve: gst::Element,
+    /// VP8 viewers now.
+    viewers: Mutex<usize>,
+}
+
+impl Vp8Branch {
+    /// A VP8 viewer arrived: the first one opens the valve (the encoder starts with a keyframe).
+    pub fn viewer_joined(&self) {
+        let Ok(mut n) = self.viewers.lock() else {
+            return;
+        };
+        *n += 1;
+        if *n == 1 {
+            self.valve.set_property("drop", false);
+            tracing::info!("VP8 encoder started for viewers without H.264");
+        }
+    }
+
+    /// A VP8 viewer left: the last one closes the valve again.
+    pub fn viewer_left(&self) {
+        let Ok(mut n) = self.viewers.lock() else {
+            return;
+        };
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.valve.set_property("drop", true);
+            tracing::info!("VP8 encoder stopped: no viewer needs it");
+        }
+    }
+
+    /// VP8 viewers now.
+    pub fn viewer_count(&self) -> usize {
+        self.viewers.lock().map(|n| *n).unwrap_or(0)
+    }
 }
 
 /// Link the V4L2 decoder's source pad (`camdec`) to the rest of the chain (`camfit`) each time
@@ -285,7 +353,29 @@ impl MediaPipeline {
             let audio_sink = appsink(&pipeline, "audio")?;
             install_sink(&audio_sink, audio_tx.clone(), stats.clone(), false);
         }
+        let vp8 = if settings.vp8_fallback {
+            let sink = appsink(&pipeline, "vp8")?;
+            let valve = pipeline.by_name("vp8valve").ok_or(PipelineError::Build {
+                what: "vp8",
+                message: "valve vp8valve missing".into(),
+            })?;
+            let stats = Arc::new(MediaStats::default());
+            let (tx, _) = broadcast::channel(VIDEO_QUEUE);
+            let keyframes = KeyframeRequester::new(stats.clone());
+            keyframes.set_pad(sink.static_pad("sink"));
+            install_sink(&sink, tx.clone(), stats.clone(), true);
+            Some(Vp8Branch {
+                video: tx,
+                keyframes,
+                stats,
+                valve,
+                viewers: Mutex::new(0),
+            })
+        } else {
+            None
+        };
         Ok(MediaPipeline {
+            vp8,
             pipeline,
             video: video_tx,
             audio: audio_tx,
