@@ -2,6 +2,7 @@
 //! Chromium driven over the DevTools protocol (CDP over a WebSocket, no extra tooling).
 #![allow(dead_code)]
 
+pub mod firefox;
 pub mod netns;
 pub mod rtc_viewer;
 
@@ -39,7 +40,7 @@ impl Drop for TempDir {
 }
 
 /// Signal a whole process group (the child was started as its leader).
-fn kill_group(pid: u32, sig: i32) {
+pub fn kill_group(pid: u32, sig: i32) {
     // Never signal group 0 or -1 (the caller's group, every process).
     if let Ok(pid) = i32::try_from(pid) {
         if pid > 1 {
@@ -50,7 +51,7 @@ fn kill_group(pid: u32, sig: i32) {
 }
 
 /// Make the child a process-group leader that dies with the test process.
-fn own_group_dying_with_parent(cmd: &mut Command) {
+pub fn own_group_dying_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     cmd.process_group(0);
     // SAFETY: prctl is async-signal-safe; it only sets this process's parent-death signal.
@@ -437,7 +438,7 @@ pub struct TileStats {
     pub codec: String,
 }
 
-const STATS_JS: &str = r#"(async () => {
+pub const STATS_JS: &str = r#"(async () => {
   const out = [];
   if (!window.campeer) return JSON.stringify(out);
   for (const [id, cam] of window.campeer.cams) {
