@@ -19,7 +19,14 @@ use campeer::media::source::{AudioSource, VideoSource};
 use procstat::{cpu_percent, cpu_ticks, status_kb};
 use std::time::{Duration, Instant};
 
-fn one(encoder: &str, width: u32, height: u32) {
+/// The test pattern at `width`x`height`@30 through `encoder` (bitrate by size, 2 s GOP), and a
+/// one-worker runtime to run it on.
+fn setup(
+    encoder: &str,
+    width: u32,
+    height: u32,
+    vp8_fallback: bool,
+) -> (MediaSettings, tokio::runtime::Runtime) {
     let settings = MediaSettings {
         video: VideoSource::Test,
         audio: AudioSource::None,
@@ -32,13 +39,18 @@ fn one(encoder: &str, width: u32, height: u32) {
             gop: 60,
         },
         audio_bitrate_kbps: 64,
-        vp8_fallback: false,
+        vp8_fallback,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
-        .unwrap();
+        .expect("a tokio runtime");
+    (settings, rt)
+}
+
+fn one(encoder: &str, width: u32, height: u32) {
+    let (settings, rt) = setup(encoder, width, height, false);
     rt.block_on(async {
         let p = MediaPipeline::build(&settings).expect("build");
         let mut rx = p.video.subscribe();
@@ -100,25 +112,7 @@ async fn measure(frames: &std::sync::atomic::AtomicU64, secs: u64) -> (f64, f64)
 }
 
 fn vp8_branch(width: u32, height: u32) {
-    let settings = MediaSettings {
-        video: VideoSource::Test,
-        audio: AudioSource::None,
-        encoder: "x264enc".into(),
-        encode: EncodeSettings {
-            width,
-            height,
-            framerate: 30,
-            bitrate_kbps: (width * height / 400).max(500),
-            gop: 60,
-        },
-        audio_bitrate_kbps: 64,
-        vp8_fallback: true,
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (settings, rt) = setup("x264enc", width, height, true);
     rt.block_on(async {
         let p = MediaPipeline::build(&settings).expect("build");
         let vp8 = p.vp8.as_ref().expect("VP8 branch built");
