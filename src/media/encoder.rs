@@ -172,7 +172,7 @@ pub struct EncodeSettings {
 /// resilient bitstream (a lost partition does not take the frame with it).
 pub fn vp8_fragment(s: &EncodeSettings) -> String {
     format!(
-        "vp8enc name=vp8enc deadline=1 cpu-used=8 lag-in-frames=0 end-usage=cbr target-bitrate={} \
+        "vp8enc name=vp8enc deadline=1 cpu-used=16 lag-in-frames=0 end-usage=cbr target-bitrate={} \
          keyframe-max-dist={} error-resilient=partitions threads=2 buffer-size=1000 \
          buffer-initial-size=500 buffer-optimal-size=600 undershoot=95",
         u64::from(s.bitrate_kbps) * 1000,
