@@ -414,6 +414,16 @@ impl Config {
                 format!("{} (expected 1-240)", self.video.framerate),
             );
         }
+        if self.camera.stall_timeout < Duration::from_secs(1) {
+            // Below a second, a slow first frame or a low frame rate would restart capture.
+            return bad(
+                "camera.stall-timeout",
+                format!(
+                    "{:?} (capture restarts after this long without a frame: at least 1s)",
+                    self.camera.stall_timeout
+                ),
+            );
+        }
         if !(50..=100_000).contains(&self.video.bitrate_kbps) {
             return bad(
                 "video.bitrate-kbps",
@@ -627,6 +637,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("idle-stop") || e.contains("soon"), "{e}");
+        let e = load_str("[camera]\nstall-timeout = \"200ms\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("camera.stall-timeout"), "{e}");
+        let e = load_str("[video]\nfallback = \"vp9\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vp9"), "{e}");
     }
 
     #[test]

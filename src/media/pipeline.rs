@@ -220,7 +220,9 @@ fn unix_ms() -> u64 {
 /// as always, and a VP8 branch behind a closed `valve` that [`Vp8Branch::viewer_joined`]
 /// opens for the first viewer that cannot decode H.264 (a closed valve drops frames before
 /// the encoder, so the branch costs nothing while no such viewer watches). Each branch has its
-/// own leaky queue: a slow VP8 encode never holds the H.264 one back, and the VP8 sink does not
+/// own leaky queue: a slow VP8 encode never holds the H.264 one back. The closed valve still
+/// forwards sticky events (caps, end-of-stream: a `pipeline:` source that ends is seen as
+/// ending, not as a stall). The VP8 sink does not
 /// take part in state changes (`async=false`): it gets no frame while the valve is closed, and
 /// the pipeline must still reach PLAYING.
 pub fn describe(settings: &MediaSettings, kind: EncoderKind) -> (String, Option<String>) {
@@ -234,7 +236,7 @@ pub fn describe(settings: &MediaSettings, kind: EncoderKind) -> (String, Option<
     let video = if settings.vp8_fallback {
         format!(
             "{source} ! tee name=rawtee allow-not-linked=true  rawtee. ! {h264}  \
-             rawtee. ! valve name=vp8valve drop=true ! {queue} ! {} ! \
+             rawtee. ! valve name=vp8valve drop=true drop-mode=forward-sticky-events ! {queue} ! {} ! \
              appsink name=vp8 sync=false async=false max-buffers=8 drop=true",
             encoder::vp8_fragment(s)
         )
@@ -322,6 +324,13 @@ impl MediaPipeline {
         init()?;
         let kind = encoder::choose(&settings.encoder, &GstRegistry)?;
         let mut settings = settings.clone();
+        if settings.vp8_fallback && gst::ElementFactory::find("vp8enc").is_none() {
+            // Debian: gstreamer1.0-plugins-good. Without it, H.264 viewers still get video.
+            tracing::warn!(
+                "no vp8enc (gstreamer1.0-plugins-good): browsers without H.264 will be refused"
+            );
+            settings.vp8_fallback = false;
+        }
         settings.video = source::resolve_auto(settings.video);
         let (video_desc, audio_desc) = describe(&settings, kind);
         tracing::debug!(pipeline = %video_desc, "video pipeline");
@@ -480,6 +489,9 @@ impl MediaPipeline {
 
     /// Change the video bitrate while running.
     pub fn set_bitrate(&self, kbps: u32) {
+        if let Some(vp8) = self.pipeline.by_name("vp8enc") {
+            vp8.set_property_from_str("target-bitrate", &(u64::from(kbps) * 1000).to_string());
+        }
         if let Some(enc) = self.pipeline.by_name("encoder") {
             let value = if self.encoder.bitrate_in_kbps() {
                 kbps
