@@ -20,19 +20,4 @@ cross_target_vars() {
   sysroot="${CAMPEER_SYSROOT_DIR:-$cross_root/target/sysroot}/$deb_arch"
 }
 
-# apt_install_missing <pkg>...: apt-get install only what is not installed yet.
-apt_install_missing() {
-  local sudo_cmd=() missing=() p
-  if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
-  for p in "$@"; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-      missing+=("$p")
-    fi
-  done
-  if [ "${#missing[@]}" -gt 0 ]; then
-    echo "cross: installing ${missing[*]}" >&2
-    "${sudo_cmd[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends \
-      -o DPkg::Lock::Timeout=300 "${missing[@]}" >&2
-  fi
-}
+source "$cross_root/scripts/lib.sh"
