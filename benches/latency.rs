@@ -12,10 +12,16 @@
 //! Prints, per sender: glass-to-glass p50/p95/max over ≥ 900 frames (first 30 skipped),
 //! stamp → last packet received p50, frames the page never saw, freezes, time to first frame
 //! (first `new RTCPeerConnection()` → first presented frame), and the sender's CPU and RSS.
-//! Then campeer's CPU and RSS with 1, 5, 10 and 25 viewers.
+//! All of that twice: on loopback, then with the browser in a network namespace behind an
+//! impaired link (20 ms ± 10 ms delay, 1 % loss, each direction: `support/impair.rs`, a
+//! userspace netem, since this machine's kernel has no `sch_netem`). `CAMPEER_BENCH_NET` =
+//! `loopback` or `impaired` runs one of them only.
+//! Then campeer's CPU and RSS with 1, 5, 10 and 25 viewers (loopback).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/impair.rs"]
+mod impair;
 #[path = "support/procstat.rs"]
 mod procstat;
 
@@ -271,8 +277,9 @@ fn summary(name: &str, runs: &[RunResult]) {
         .map(|r| format!("{:.1}", pct(&r.lat, 0.5)))
         .collect();
     let ttff: Vec<String> = runs.iter().map(|r| format!("{:.0}", r.ttff)).collect();
+    let unseen: Vec<String> = runs.iter().map(|r| r.unseen.to_string()).collect();
     println!(
-        "{name:<10} frames {:>5}  p50 {:>5.1} ms (runs: {})  p95 {:>5.1}  max {:>5.1}  recv p50 {:>4.1}  unseen {:>3}  freezes {}  dropped {}  TTFF ms [{}]  CPU {:.1} %  RSS {:.0} MB",
+        "{name:<10} frames {:>5}  p50 {:>5.1} ms (runs: {})  p95 {:>5.1}  max {:>5.1}  recv p50 {:>4.1}  unseen {:>3} ({})  freezes {}  dropped {}  TTFF ms [{}]  CPU {:.1} %  RSS {:.0} MB",
         lat.len(),
         pct(&lat, 0.5),
         per_run.join(", "),
@@ -280,6 +287,7 @@ fn summary(name: &str, runs: &[RunResult]) {
         lat.iter().copied().fold(f64::NAN, f64::max),
         pct(&recv, 0.5),
         runs.iter().map(|r| r.unseen).sum::<usize>(),
+        unseen.join(", "),
         runs.iter().map(|r| r.freezes).sum::<u64>(),
         runs.iter().map(|r| r.dropped).sum::<u64>(),
         ttff.join(", "),
@@ -431,20 +439,26 @@ async fn viewers_load(browser: &Browser, url: &str, pid: u32) {
     }
 }
 
+/// Where the browser is and how it reaches the senders.
+struct Net {
+    /// Printed with the results.
+    label: String,
+    /// The address the senders listen on and the browser calls.
+    ip: &'static str,
+    /// The namespace behind the impaired link, if any (the browser runs there).
+    impaired: Option<impair::ImpairedNs>,
+}
+
 /// Start a campeer daemon reading the stamped shared memory, in latency mode `mode`.
-fn start_campeer(socket: &str, mode: &str) -> (Campeer, String) {
+fn start_campeer(socket: &str, mode: &str, ip: &str) -> (Campeer, String) {
     let source = format!(
         "pipeline:shmsrc socket-path={socket} is-live=true do-timestamp=true ! video/x-raw,format=I420,width={W},height={H},framerate=30000/1001"
     );
+    let listen = format!("{ip}:0");
+    let rtc_bind = format!("[\"{ip}:0\"]");
     let mut cam = Campeer::start(
         &[
-            "run",
-            "--video",
-            &source,
-            "--listen",
-            "127.0.0.1:0",
-            "--room",
-            "g2g",
+            "run", "--video", &source, "--listen", &listen, "--room", "g2g",
         ],
         &[
             ("CAMPEER__VIDEO__ENCODER", "x264enc"),
@@ -454,12 +468,91 @@ fn start_campeer(socket: &str, mode: &str) -> (Campeer, String) {
             ("CAMPEER__VIDEO__BITRATE_KBPS", "2500"),
             ("CAMPEER__CAMERA__MAX_VIEWERS", "40"),
             ("CAMPEER__CAMERA__LATENCY", mode),
+            ("CAMPEER__CAMERA__RTC_BIND", &rtc_bind),
             ("CAMPEER__SERVER__OPEN_ROOMS", "[\"*\"]"),
             ("CAMPEER__LOG__LEVEL", "warn"),
         ],
     );
     let url = cam.room_url();
     (cam, common::base_of(&url))
+}
+
+/// The three senders, `runs` rotating rounds, on one network; prints the summary.
+async fn measure_net(net: &Net, socket: &str, runs: usize) {
+    println!("--- {} ---", net.label);
+    // webrtcbin joins a room on a campeer server that sends no media of its own.
+    let listen = format!("{}:0", net.ip);
+    let mut signal = Campeer::start(
+        &["serve", "--listen", &listen],
+        &[("CAMPEER__SERVER__OPEN_ROOMS", "[\"*\"]")],
+    );
+    let line = signal.wait_stdout("signaling server on", Duration::from_secs(30));
+    let sbase = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .map(|w| w.trim_end_matches('/').to_owned())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let gst_pid = relay_webrtcbin(
+        format!("{}/ws", sbase.replace("http://", "ws://")),
+        "g2g",
+        socket.to_owned(),
+    )
+    .await;
+    let browser = Browser::launch_in(net.impaired.as_ref().map(|n| n.ns.as_str()));
+    let modes = ["lowest", "smooth"];
+    {
+        // Warm-up, not counted: a cold browser's first call is slower for any sender.
+        let (cam, base) = start_campeer(socket, "smooth", net.ip);
+        let mut page = browser.open(&format!("{base}/room/g2g")).await;
+        page.wait_frames(30, Duration::from_secs(30)).await;
+        page.cdp
+            .call("Page.navigate", json!({ "url": "about:blank" }))
+            .await;
+        drop(cam);
+    }
+    let mut results: Vec<Vec<RunResult>> = vec![Vec::new(), Vec::new(), Vec::new()];
+    for i in 0..runs {
+        // Rotate the order so no sender always runs first.
+        for k in 0..3 {
+            let which = (i + k) % 3;
+            let r = if which < 2 {
+                let (cam, base) = start_campeer(socket, modes[which], net.ip);
+                let pid = AtomicU32::new(cam.pid());
+                let r = measure(&browser, &format!("{base}/room/g2g"), &pid).await;
+                drop(cam);
+                r
+            } else {
+                measure(&browser, &format!("{sbase}/room/g2g"), &gst_pid).await
+            };
+            eprintln!(
+                "run {i} {}: p50 {:.1} ms",
+                ["campeer lowest", "campeer smooth", "webrtcbin"][which],
+                pct(&r.lat, 0.5)
+            );
+            results[which].push(r);
+        }
+    }
+    summary("lowest", &results[0]);
+    summary("smooth", &results[1]);
+    summary("webrtcbin", &results[2]);
+    let all =
+        |rs: &[RunResult]| -> Vec<f64> { rs.iter().flat_map(|r| r.lat.iter().copied()).collect() };
+    let ttff = |rs: &[RunResult]| -> Vec<f64> { rs.iter().map(|r| r.ttff).collect() };
+    let g = all(&results[2]);
+    for (name, rs) in [("lowest", &results[0]), ("smooth", &results[1])] {
+        let c = all(rs);
+        println!(
+            "ratios {name}/webrtcbin: p50 {:.2}, p95 {:.2}, time to first frame {:.2}",
+            pct(&c, 0.5) / pct(&g, 0.5),
+            pct(&c, 0.95) / pct(&g, 0.95),
+            pct(&ttff(rs), 0.5) / pct(&ttff(&results[2]), 0.5)
+        );
+    }
+    if let Some(link) = &net.impaired {
+        println!("link: {}", link.report());
+    }
+    drop(browser);
+    drop(signal);
 }
 
 fn main() {
@@ -473,7 +566,7 @@ fn main() {
     let stamper = start_stamper(&socket, stop.clone());
     std::thread::sleep(Duration::from_millis(300));
     println!(
-        "campeer glass-to-glass benchmark: 1280x720 @29.97, x264 ultrafast zerolatency {KBPS} kbit/s, loopback, headless Chromium; {runs} rotating runs of {} frames per sender, one sender at a time",
+        "campeer glass-to-glass benchmark: 1280x720 @29.97, x264 ultrafast zerolatency {KBPS} kbit/s, headless Chromium; {runs} rotating runs of {} frames per sender, one sender at a time",
         frames_per_run()
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -481,68 +574,35 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let which = std::env::var("CAMPEER_BENCH_NET").unwrap_or_else(|_| "both".into());
+    let imp = impair::Impairment {
+        delay: Duration::from_millis(20),
+        jitter: Duration::from_millis(10),
+        loss: 0.01,
+    };
     rt.block_on(async {
-        // webrtcbin joins a room on a campeer server that sends no media of its own.
-        let (_signal, sbase) = common::start_server("[\"*\"]");
-        let gst_pid = relay_webrtcbin(
-            format!("{}/ws", sbase.replace("http://", "ws://")),
-            "g2g",
-            socket.clone(),
-        )
-        .await;
-        let browser = Browser::launch();
-        let modes = ["lowest", "smooth"];
-        {
-            // Warm-up, not counted: a cold browser's first call is slower for any sender.
-            let (cam, base) = start_campeer(&socket, "smooth");
-            let mut page = browser.open(&format!("{base}/room/g2g")).await;
-            page.wait_frames(30, Duration::from_secs(30)).await;
-            page.cdp
-                .call("Page.navigate", json!({ "url": "about:blank" }))
-                .await;
-            drop(cam);
+        if which != "impaired" {
+            let net = Net {
+                label: "loopback".into(),
+                ip: "127.0.0.1",
+                impaired: None,
+            };
+            measure_net(&net, &socket, runs).await;
         }
-        let mut results: Vec<Vec<RunResult>> = vec![Vec::new(), Vec::new(), Vec::new()];
-        for i in 0..runs {
-            // Rotate the order so no sender always runs first.
-            for k in 0..3 {
-                let which = (i + k) % 3;
-                let r = if which < 2 {
-                    let (cam, base) = start_campeer(&socket, modes[which]);
-                    let pid = AtomicU32::new(cam.pid());
-                    let r = measure(&browser, &format!("{base}/room/g2g"), &pid).await;
-                    drop(cam);
-                    r
-                } else {
-                    measure(&browser, &format!("{sbase}/room/g2g"), &gst_pid).await
-                };
-                eprintln!(
-                    "run {i} {}: p50 {:.1} ms",
-                    ["campeer lowest", "campeer smooth", "webrtcbin"][which],
-                    pct(&r.lat, 0.5)
-                );
-                results[which].push(r);
-            }
-        }
-        summary("lowest", &results[0]);
-        summary("smooth", &results[1]);
-        summary("webrtcbin", &results[2]);
-        let all = |rs: &[RunResult]| -> Vec<f64> {
-            rs.iter().flat_map(|r| r.lat.iter().copied()).collect()
-        };
-        let ttff = |rs: &[RunResult]| -> Vec<f64> { rs.iter().map(|r| r.ttff).collect() };
-        let g = all(&results[2]);
-        for (name, rs) in [("lowest", &results[0]), ("smooth", &results[1])] {
-            let c = all(rs);
-            println!(
-                "ratios {name}/webrtcbin: p50 {:.2}, p95 {:.2}, time to first frame {:.2}",
-                pct(&c, 0.5) / pct(&g, 0.5),
-                pct(&c, 0.95) / pct(&g, 0.95),
-                pct(&ttff(rs), 0.5) / pct(&ttff(&results[2]), 0.5)
-            );
+        if which != "loopback" {
+            let tag = format!("g2g{:04x}", rand::random::<u16>());
+            let net = Net {
+                label: format!(
+                    "impaired link: the browser in a network namespace, {imp} (userspace netem: benches/support/impair.rs)"
+                ),
+                ip: impair::HOST_IP,
+                impaired: Some(impair::ImpairedNs::new(&tag, imp)),
+            };
+            measure_net(&net, &socket, runs).await;
         }
         if std::env::var_os("CAMPEER_BENCH_SKIP_VIEWERS").is_none() {
-            let (cam, base) = start_campeer(&socket, "lowest");
+            let browser = Browser::launch();
+            let (cam, base) = start_campeer(&socket, "lowest", "127.0.0.1");
             viewers_load(&browser, &format!("{base}/room/g2g"), cam.pid()).await;
         }
     });

@@ -74,6 +74,13 @@ def on_offer(sdp_text):
         emit({"type": "answer", "sdp": answer.sdp.as_text()})
 
     def on_remote_set(_promise, _data):
+        # Retransmissions (NACK + RTX), as campeer and browsers do: without them every lost
+        # packet costs a freeze until the next keyframe, which would make webrtcbin look worse
+        # than it can be on a lossy link.
+        i = 0
+        while (t := webrtc.emit("get-transceiver", i)) is not None:
+            t.set_property("do-nack", True)
+            i += 1
         webrtc.emit("create-answer", None, Gst.Promise.new_with_change_func(on_answer, None))
 
     webrtc.emit("set-remote-description", offer, Gst.Promise.new_with_change_func(on_remote_set, None))
