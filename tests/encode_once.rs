@@ -2,7 +2,7 @@
 //! baseline, SPS/PPS before every IDR, prompt keyframes on request, and a fan-out where a slow
 //! consumer never delays a fast one.
 
-use campeer::media::encoder::EncodeSettings;
+use campeer::media::encoder::{EncodeSettings, EncoderKind};
 use campeer::media::h264::{self, SpsProfile};
 use campeer::media::pipeline::{EncodedFrame, MediaPipeline, MediaSettings};
 use campeer::media::source::{AudioSource, VideoSource};
@@ -229,4 +229,92 @@ fn a_broken_pipeline_source_is_a_clear_error() {
         .err()
         .expect("must fail");
     assert!(err.to_string().contains("nvv4l2h264enc"), "{err}");
+}
+
+/// Answers made before the first frame use the profile and level the settings predict; once an
+/// SPS has gone out, the SPS. Both must agree with what the encoder really writes, at every size.
+async fn predicted_level_is_the_encoded_level(encoder: &str) {
+    for (w, h) in [(640, 480), (1280, 720), (1920, 1080)] {
+        let mut s = settings(encoder, VideoSource::Test, 30);
+        s.encode.width = w;
+        s.encode.height = h;
+        let p = MediaPipeline::build(&s).expect("build");
+        let predicted = p.h264_profile();
+        let mut rx = p.video.subscribe();
+        p.start(Duration::from_secs(10)).expect("start");
+        let f = loop {
+            let f = next(&mut rx).await;
+            if f.keyframe {
+                break f;
+            }
+        };
+        let units = h264::nal_units(&f.data);
+        let sps = units
+            .iter()
+            .find(|n| h264::nal_type(n) == h264::NAL_SPS)
+            .and_then(|n| SpsProfile::parse(n))
+            .expect("SPS in the keyframe");
+        eprintln!(
+            "{encoder} {w}x{h}@30: SPS {} ({sps}), predicted {}",
+            sps.profile_level_id(),
+            predicted.profile_level_id()
+        );
+        assert_eq!(predicted.profile(), sps.profile(), "{encoder} {w}x{h}");
+        assert_eq!(predicted.level_idc, sps.level_idc, "{encoder} {w}x{h}");
+        assert_eq!(p.h264_profile(), sps, "the pipeline keeps the SPS it sent");
+        p.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x264_level_is_predicted() {
+    predicted_level_is_the_encoded_level("x264enc").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openh264_level_is_predicted() {
+    predicted_level_is_the_encoded_level("openh264enc").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h264_pipeline_source_is_passed_through() {
+    let src = VideoSource::parse(
+        "pipeline:videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=30/1 ! \
+         x264enc tune=zerolatency speed-preset=superfast key-int-max=300 ! video/x-h264,profile=main",
+    )
+    .unwrap();
+    let mut s = settings("x264enc", src, 30);
+    s.vp8_fallback = true;
+    let p = MediaPipeline::build(&s).expect("build");
+    assert_eq!(p.encoder, EncoderKind::Passthrough);
+    assert!(p.vp8.is_none(), "no raw video for a VP8 branch");
+    let mut rx = p.video.subscribe();
+    p.start(Duration::from_secs(10)).expect("start");
+    // Past the first keyframe: the next one comes only when asked (10 s interval otherwise).
+    let deadline = Instant::now() + Duration::from_millis(700);
+    while Instant::now() < deadline {
+        next(&mut rx).await;
+    }
+    let sps = p.h264_profile();
+    assert_eq!(
+        sps.profile_idc, 77,
+        "main profile as the source made it: {sps}"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    rx = rx.resubscribe();
+    let asked = Instant::now();
+    p.keyframes.request();
+    let f = loop {
+        let f = next(&mut rx).await;
+        if f.keyframe {
+            break f;
+        }
+    };
+    eprintln!(
+        "passthrough keyframe {:?} after the request",
+        asked.elapsed()
+    );
+    assert!(asked.elapsed() < Duration::from_millis(500));
+    assert_eq!(h264::idr_has_headers(&f.data), Some(true));
+    p.stop();
 }

@@ -682,10 +682,18 @@ impl Camera {
                 let has_turn = ice
                     .iter()
                     .any(|s| s.urls.iter().any(|u| u.starts_with("turn")));
-                let Some(codec) = peer::choose_codec(&sdp, self.media.vp8.is_some()) else {
+                let h264 = self.media.h264_profile();
+                let Some(codec) = peer::choose_codec(&sdp, &h264, self.media.vp8.is_some()) else {
                     let codecs = offered_codecs(&sdp);
-                    tracing::warn!(viewer = %from, offered = %codecs, "viewer cannot decode H.264 and the VP8 fallback is off (video.fallback); refused");
-                    let message = "this browser cannot decode H.264 video; try Chrome, Safari, or Firefox with the OpenH264 plugin".to_owned();
+                    let message = if crate::media::h264::offered_h264(&sdp).is_empty() {
+                        tracing::warn!(viewer = %from, offered = %codecs, "viewer cannot decode H.264 and the VP8 fallback is off (video.fallback); refused");
+                        "this browser cannot decode H.264 video; try Chrome, Safari, or Firefox with the OpenH264 plugin".to_owned()
+                    } else {
+                        tracing::warn!(viewer = %from, offered = %codecs, stream = %h264, "viewer's offer has no H.264 of the stream's profile and there is no VP8 fallback; refused");
+                        format!(
+                            "this camera sends H.264 {h264}, which this browser does not offer to decode"
+                        )
+                    };
                     return send(
                         ws,
                         &ClientMessage::Reject {
@@ -716,6 +724,7 @@ impl Camera {
                     audio: self.media.has_audio.then(|| self.media.audio.subscribe()),
                     keyframes,
                     codec,
+                    h264,
                 };
                 match peer::answer(setup, sdp.clone()).await {
                     Ok((p, answer)) => {

@@ -7,6 +7,7 @@
 //! webrtc-rs callbacks hold no reference to the connection: they only forward events by channel.
 
 use super::rtcp::KeyframeRequestForwarder;
+use crate::media::h264::{self, SpsProfile};
 use crate::media::pipeline::{EncodedFrame, KeyframeRequester};
 use crate::signal::protocol::{IceCandidate, PeerId};
 use rtc::ice::mdns::MulticastDnsMode;
@@ -48,9 +49,11 @@ const RTP_MTU: usize = 1200;
 /// The playout-delay RTP header extension: min=max=0 asks the browser to show each frame as
 /// soon as it is decoded instead of holding it in its jitter buffer.
 pub const PLAYOUT_DELAY_URI: &str = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay";
-/// The H.264 format campeer sends: constrained baseline, packetization-mode 1.
-pub const H264_FMTP: &str =
-    "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+/// The H.264 format line campeer answers with: packetization-mode 1 and `profile_level_id`
+/// (an offered profile, the stream's own level: [`h264::answer_profile_level_id`]).
+pub fn h264_fmtp(profile_level_id: &str) -> String {
+    format!("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile_level_id}")
+}
 
 /// Errors setting up a viewer's connection.
 #[derive(Debug, thiserror::Error)]
@@ -90,10 +93,10 @@ impl std::fmt::Display for VideoCodec {
     }
 }
 
-/// The codec to answer `offer` with: H.264 when the offer has it, else VP8 when the fallback
-/// is on and the offer has VP8, else none.
-pub fn choose_codec(offer: &str, vp8_fallback: bool) -> Option<VideoCodec> {
-    if offer_has_h264(offer) {
+/// The codec to answer `offer` with: H.264 when the offer has the stream's profile (`h264`,
+/// from its SPS), else VP8 when the fallback is on and the offer has VP8, else none.
+pub fn choose_codec(offer: &str, h264: &SpsProfile, vp8_fallback: bool) -> Option<VideoCodec> {
+    if h264::answer_profile_level_id(offer, h264).is_some() {
         Some(VideoCodec::H264)
     } else if vp8_fallback && offer_has_vp8(offer) {
         Some(VideoCodec::Vp8)
@@ -250,6 +253,8 @@ pub struct PeerSetup {
     pub keyframes: KeyframeRequester,
     /// The video codec (`video` and `keyframes` are that encoder's).
     pub codec: VideoCodec,
+    /// What the H.264 stream's SPS says (its profile and level go into the answer).
+    pub h264: SpsProfile,
 }
 
 /// A live viewer connection.
@@ -262,6 +267,8 @@ pub struct Peer {
     pub cancel: CancellationToken,
     /// Its video codec.
     pub codec: VideoCodec,
+    /// The H.264 `profile-level-id` its answers state.
+    h264_id: Option<String>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -281,12 +288,12 @@ const VP8_PT: u8 = 96;
 /// The RTX payload type paired with [`VP8_PT`].
 const VP8_RTX_PT: u8 = 97;
 
-fn codec_h264() -> RTCRtpCodec {
+fn codec_h264(profile_level_id: &str) -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: "video/H264".to_owned(),
         clock_rate: 90_000,
         channels: 0,
-        sdp_fmtp_line: H264_FMTP.to_owned(),
+        sdp_fmtp_line: h264_fmtp(profile_level_id),
         // Stated here rather than left to the default interceptors: NACK (answered from the
         // send buffer, over RTX when negotiated), PLI and FIR (keyframe requests).
         rtcp_feedback: vec![
@@ -334,27 +341,6 @@ fn codec_opus() -> RTCRtpCodec {
     }
 }
 
-/// True when the offer lists H.264 with packetization-mode=1 (a profile campeer can serve).
-pub fn offer_has_h264(sdp: &str) -> bool {
-    let pts: Vec<&str> = sdp
-        .lines()
-        .filter_map(|l| l.strip_prefix("a=rtpmap:"))
-        .filter(|l| l.to_ascii_uppercase().contains(" H264/90000"))
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
-    sdp.lines()
-        .filter_map(|l| l.strip_prefix("a=fmtp:"))
-        .any(|l| {
-            let (pt, params) = l.split_once(' ').unwrap_or((l, ""));
-            pts.contains(&pt)
-                && params.contains("packetization-mode=1")
-                && params
-                    .split(';')
-                    .filter_map(|p| p.trim().strip_prefix("profile-level-id="))
-                    .any(|id| id.len() == 6 && matches!(&id[..2], "42" | "4d" | "64" | "4D"))
-        })
-}
-
 fn local_track(kind: RtpCodecKind, codec: RTCRtpCodec, ssrc: u32) -> MediaStreamTrack {
     MediaStreamTrack::new(
         "campeer".to_owned(),
@@ -374,9 +360,15 @@ fn local_track(kind: RtpCodecKind, codec: RTCRtpCodec, ssrc: u32) -> MediaStream
 
 /// Answer `offer`: returns the connection and the answer SDP. Candidates trickle as events.
 pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), PeerError> {
-    let (video_codec, video_pt, rtx_pt) = match setup.codec {
-        VideoCodec::H264 if offer_has_h264(&offer) => (codec_h264(), H264_PT, RTX_PT),
-        VideoCodec::Vp8 if offer_has_vp8(&offer) => (codec_vp8(), VP8_PT, VP8_RTX_PT),
+    let h264_id = match setup.codec {
+        VideoCodec::H264 => {
+            Some(h264::answer_profile_level_id(&offer, &setup.h264).ok_or(PeerError::NoCodec)?)
+        }
+        VideoCodec::Vp8 => None,
+    };
+    let (video_codec, video_pt, rtx_pt) = match (setup.codec, &h264_id) {
+        (VideoCodec::H264, Some(id)) => (codec_h264(id), H264_PT, RTX_PT),
+        (VideoCodec::Vp8, _) if offer_has_vp8(&offer) => (codec_vp8(), VP8_PT, VP8_RTX_PT),
         _ => return Err(PeerError::NoCodec),
     };
     let mut me = MediaEngine::default();
@@ -482,11 +474,13 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
             .await?;
         let answer = pc.create_answer(None).await?;
         pc.set_local_description(answer).await?;
-        Ok(pc
-            .local_description()
-            .await
-            .map(|d| d.sdp)
-            .unwrap_or_default())
+        Ok(stream_level(
+            pc.local_description()
+                .await
+                .map(|d| d.sdp)
+                .unwrap_or_default(),
+            h264_id.as_deref(),
+        ))
     }
     .await;
     let answer_sdp = match result {
@@ -567,6 +561,7 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
             stats,
             cancel,
             codec: setup.codec,
+            h264_id,
             tasks,
         },
         answer_sdp,
@@ -580,12 +575,73 @@ pub async fn reoffer(peer: &Peer, offer: String) -> Result<String, PeerError> {
         .await?;
     let answer = peer.pc.create_answer(None).await?;
     peer.pc.set_local_description(answer).await?;
-    Ok(peer
-        .pc
-        .local_description()
-        .await
-        .map(|d| d.sdp)
-        .unwrap_or_default())
+    Ok(stream_level(
+        peer.pc
+            .local_description()
+            .await
+            .map(|d| d.sdp)
+            .unwrap_or_default(),
+        peer.h264_id.as_deref(),
+    ))
+}
+
+/// The answer text with the stream's own `profile-level-id` (`id`) on its H.264 format:
+/// webrtc-rs answers with the offer's parameters, so every answer would repeat the viewer's
+/// level (42e01f from browsers) whatever the SPS says. Only the text sent to the viewer is
+/// changed: webrtc-rs refuses a local description that differs from the answer it created, and
+/// it does not use the level for sending.
+fn stream_level(answer: String, id: Option<&str>) -> String {
+    match id {
+        Some(id) => with_profile_level_id(&answer, id),
+        None => answer,
+    }
+}
+
+/// `sdp` with `profile-level-id=<id>` on each H.264 format line whose profile is `id`'s.
+pub fn with_profile_level_id(sdp: &str, id: &str) -> String {
+    let Some(want) = SpsProfile::from_profile_level_id(id).and_then(|p| p.profile()) else {
+        return sdp.to_owned();
+    };
+    let h264_pts: Vec<String> = sdp
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=rtpmap:"))
+        .filter(|l| l.to_ascii_uppercase().contains(" H264/90000"))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    let fix = |line: &str| -> Option<String> {
+        let rest = line.strip_prefix("a=fmtp:")?;
+        let (pt, params) = rest.split_once(' ')?;
+        if !h264_pts.iter().any(|p| p == pt) {
+            return None;
+        }
+        let mut changed = false;
+        let params: Vec<String> = params
+            .split(';')
+            .map(|p| match p.trim().strip_prefix("profile-level-id=") {
+                Some(old)
+                    if SpsProfile::from_profile_level_id(old).and_then(|o| o.profile())
+                        == Some(want) =>
+                {
+                    changed = true;
+                    format!("profile-level-id={id}")
+                }
+                _ => p.to_owned(),
+            })
+            .collect();
+        changed.then(|| format!("a=fmtp:{pt} {}", params.join(";")))
+    };
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        match fix(body) {
+            Some(fixed) => {
+                out.push_str(&fixed);
+                out.push_str(&line[body.len()..]);
+            }
+            None => out.push_str(line),
+        }
+    }
+    out
 }
 
 /// Add a remote candidate.
@@ -878,16 +934,33 @@ mod tests {
 
     #[test]
     fn h264_in_offer() {
+        let cb = SpsProfile::from_profile_level_id("42c01f").unwrap();
+        let high = SpsProfile::from_profile_level_id("640028").unwrap();
         let chrome = "m=video 9 UDP/TLS/RTP/SAVPF 96 108\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:108 H264/90000\r\na=fmtp:108 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n";
-        assert!(offer_has_h264(chrome));
         let firefox_esr = "m=video 9 UDP/TLS/RTP/SAVPF 120 124 98\r\na=rtpmap:120 VP8/90000\r\na=rtpmap:98 VP9/90000\r\na=fmtp:120 max-fs=12288;max-fr=60\r\n";
-        assert!(!offer_has_h264(firefox_esr));
         let mode0 = "a=rtpmap:97 H264/90000\r\na=fmtp:97 profile-level-id=42e01f;level-asymmetry-allowed=1\r\n";
-        assert!(!offer_has_h264(mode0));
 
-        assert_eq!(choose_codec(chrome, true), Some(VideoCodec::H264));
-        assert_eq!(choose_codec(firefox_esr, true), Some(VideoCodec::Vp8));
-        assert_eq!(choose_codec(firefox_esr, false), None);
-        assert_eq!(choose_codec(mode0, true), None);
+        assert_eq!(choose_codec(chrome, &cb, true), Some(VideoCodec::H264));
+        assert_eq!(choose_codec(firefox_esr, &cb, true), Some(VideoCodec::Vp8));
+        assert_eq!(choose_codec(firefox_esr, &cb, false), None);
+        assert_eq!(choose_codec(mode0, &cb, true), None);
+        // A high-profile stream (a camera's own H.264) for a viewer that offered only
+        // constrained baseline: VP8 when there is a fallback, else nothing.
+        assert_eq!(choose_codec(chrome, &high, true), Some(VideoCodec::Vp8));
+        assert_eq!(choose_codec(chrome, &high, false), None);
+        let answer = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 107 99\r\na=rtpmap:107 H264/90000\r\n\
+            a=fmtp:107 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
+            a=rtpmap:99 rtx/90000\r\na=fmtp:99 apt=107\r\n";
+        let fixed = with_profile_level_id(answer, "42e028");
+        assert_eq!(
+            fixed,
+            answer.replace("profile-level-id=42e01f", "profile-level-id=42e028")
+        );
+        // Another profile's line is not touched.
+        assert_eq!(with_profile_level_id(answer, "640028"), answer);
+        assert_eq!(
+            h264_fmtp("42e028"),
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e028"
+        );
     }
 }

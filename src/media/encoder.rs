@@ -32,6 +32,8 @@ pub enum EncoderKind {
     OpenH264,
     /// x264 (software).
     X264,
+    /// No encoder: a `pipeline:` source that already ends in H.264 is passed through.
+    Passthrough,
 }
 
 impl EncoderKind {
@@ -44,6 +46,7 @@ impl EncoderKind {
             EncoderKind::Nvidia => "nvv4l2h264enc",
             EncoderKind::OpenH264 => "openh264enc",
             EncoderKind::X264 => "x264enc",
+            EncoderKind::Passthrough => "passthrough",
         }
     }
 
@@ -56,12 +59,16 @@ impl EncoderKind {
             EncoderKind::Nvidia => "NVIDIA's L4T GStreamer packages (nvidia-l4t-gstreamer)",
             EncoderKind::OpenH264 => "gstreamer1.0-plugins-bad",
             EncoderKind::X264 => "gstreamer1.0-plugins-ugly",
+            EncoderKind::Passthrough => "nothing (the source encodes)",
         }
     }
 
     /// True for hardware encoders.
     pub fn is_hardware(self) -> bool {
-        !matches!(self, EncoderKind::OpenH264 | EncoderKind::X264)
+        !matches!(
+            self,
+            EncoderKind::OpenH264 | EncoderKind::X264 | EncoderKind::Passthrough
+        )
     }
 
     /// Look up by element name.
@@ -262,6 +269,11 @@ pub fn launch_fragment(kind: EncoderKind, s: &EncodeSettings) -> String {
         EncoderKind::Nvidia => format!(
             "nvvidconv ! video/x-raw(memory:NVMM) ! nvv4l2h264enc name=encoder bitrate={bps} iframeinterval={gop} insert-sps-pps=true profile=0 maxperf-enable=true"
         ),
+        // The source's own profile: whatever it is, the viewers' offers are matched against it.
+        EncoderKind::Passthrough => {
+            return "h264parse config-interval=-1 ! video/x-h264,stream-format=byte-stream,alignment=au"
+                .to_owned();
+        }
     };
     format!(
         "{enc} ! video/x-h264,profile=constrained-baseline,stream-format=byte-stream ! h264parse config-interval=-1 ! video/x-h264,stream-format=byte-stream,alignment=au"

@@ -1,5 +1,6 @@
-//! Just enough H.264 Annex-B parsing to check what the encoder really sends: NAL unit types and
-//! the SPS's profile, constraint flags and level (the SDP `profile-level-id`).
+//! Just enough H.264 Annex-B parsing to know what the encoder really sends: NAL unit types and
+//! the SPS's profile, constraint flags and level, which become the SDP `profile-level-id` of
+//! every answer, and the profile matching that decides whether a viewer's offer can take it.
 
 /// NAL unit type: coded slice of an IDR picture.
 pub const NAL_IDR: u8 = 5;
@@ -78,6 +79,139 @@ impl SpsProfile {
             self.profile_idc, self.constraints, self.level_idc
         )
     }
+
+    /// Read an SDP `profile-level-id` (six hex digits).
+    pub fn from_profile_level_id(hex: &str) -> Option<SpsProfile> {
+        let hex = hex.trim();
+        if hex.len() != 6 || !hex.is_ascii() {
+            return None;
+        }
+        let byte = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).ok();
+        Some(SpsProfile {
+            profile_idc: byte(0)?,
+            constraints: byte(2)?,
+            level_idc: byte(4)?,
+        })
+    }
+
+    /// The profile as browsers tell profiles apart, if it is one they know.
+    pub fn profile(&self) -> Option<Profile> {
+        Profile::of(self.profile_idc, self.constraints)
+    }
+
+    /// The level as people write it: `3.1`, `4`.
+    pub fn level(&self) -> String {
+        format!("{}.{}", self.level_idc / 10, self.level_idc % 10).replace(".0", "")
+    }
+}
+
+impl std::fmt::Display for SpsProfile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.profile() {
+            Some(p) => write!(f, "{p} level {}", self.level()),
+            None => write!(f, "profile_idc {} level {}", self.profile_idc, self.level()),
+        }
+    }
+}
+
+/// The H.264 profiles WebRTC endpoints negotiate. Several `profile_idc` + constraint-flag
+/// combinations name the same profile (42e0 and 42c0 are both constrained baseline), so offers
+/// and streams are compared by this, not by bytes (RFC 6184 section 8.1, read the way libwebrtc
+/// reads it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// What every browser decodes.
+    ConstrainedBaseline,
+    /// Baseline with FMO/ASO allowed.
+    Baseline,
+    /// Main.
+    Main,
+    /// High without B-frames and with the constrained flags.
+    ConstrainedHigh,
+    /// High.
+    High,
+    /// High 4:4:4 Predictive.
+    PredictiveHigh444,
+}
+
+impl Profile {
+    /// Classify `profile_idc` and the constraint-flags byte (its low 4 bits must be 0).
+    pub fn of(profile_idc: u8, constraints: u8) -> Option<Profile> {
+        // (profile_idc, mask, value, profile): the flags byte matches when
+        // flags & mask == value; the first match wins.
+        const PATTERNS: &[(u8, u8, u8, Profile)] = &[
+            (0x42, 0b0100_1111, 0b0100_0000, Profile::ConstrainedBaseline),
+            (0x4d, 0b1000_1111, 0b1000_0000, Profile::ConstrainedBaseline),
+            (0x58, 0b1100_1111, 0b1100_0000, Profile::ConstrainedBaseline),
+            (0x42, 0b0100_1111, 0b0000_0000, Profile::Baseline),
+            (0x58, 0b1100_1111, 0b1000_0000, Profile::Baseline),
+            (0x4d, 0b1010_1111, 0b0000_0000, Profile::Main),
+            (0x64, 0b1111_1111, 0b0000_0000, Profile::High),
+            (0x64, 0b1111_1111, 0b0000_1100, Profile::ConstrainedHigh),
+            (0xf4, 0b1111_1111, 0b0000_0000, Profile::PredictiveHigh444),
+        ];
+        PATTERNS
+            .iter()
+            .find(|(idc, mask, value, _)| *idc == profile_idc && constraints & mask == *value)
+            .map(|(_, _, _, p)| *p)
+    }
+}
+
+impl std::fmt::Display for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Profile::ConstrainedBaseline => "constrained baseline",
+            Profile::Baseline => "baseline",
+            Profile::Main => "main",
+            Profile::ConstrainedHigh => "constrained high",
+            Profile::High => "high",
+            Profile::PredictiveHigh444 => "high 4:4:4 predictive",
+        })
+    }
+}
+
+/// The `profile-level-id`s of an SDP's H.264 formats with packetization-mode 1 (the mode
+/// campeer packetizes in), in the offer's order. A format without the parameter is baseline
+/// level 1 (`420010`, RFC 6184's default).
+pub fn offered_h264(sdp: &str) -> Vec<SpsProfile> {
+    let pts: Vec<&str> = sdp
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=rtpmap:"))
+        .filter(|l| l.to_ascii_uppercase().contains(" H264/90000"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    sdp.lines()
+        .filter_map(|l| l.strip_prefix("a=fmtp:"))
+        .filter_map(|l| {
+            let (pt, params) = l.split_once(' ').unwrap_or((l, ""));
+            let params: Vec<&str> = params.split(';').map(str::trim).collect();
+            if !pts.contains(&pt.trim()) || !params.contains(&"packetization-mode=1") {
+                return None;
+            }
+            let id = params
+                .iter()
+                .find_map(|p| p.strip_prefix("profile-level-id="))
+                .unwrap_or("420010");
+            SpsProfile::from_profile_level_id(id)
+        })
+        .collect()
+}
+
+/// The `profile-level-id` to answer an offer with for a stream whose SPS is `stream`: the
+/// profile bytes of the first offered format of the same profile (so the answer names a format
+/// the viewer offered) and the stream's own level. `None` when the viewer offered no format of
+/// that profile.
+pub fn answer_profile_level_id(offer: &str, stream: &SpsProfile) -> Option<String> {
+    let want = stream.profile()?;
+    offered_h264(offer)
+        .into_iter()
+        .find(|o| o.profile() == Some(want))
+        .map(|o| {
+            format!(
+                "{:02x}{:02x}{:02x}",
+                o.profile_idc, o.constraints, stream.level_idc
+            )
+        })
 }
 
 /// For an access unit: is it an IDR, and if so are SPS and PPS in front of its first slice?
@@ -109,6 +243,70 @@ mod tests {
         assert_eq!(idr_has_headers(&au), Some(true));
         assert_eq!(idr_has_headers(&[0, 0, 1, 0x65, 1]), Some(false));
         assert_eq!(idr_has_headers(&[0, 0, 1, 0x41, 1]), None);
+    }
+
+    #[test]
+    fn profiles_are_compared_the_way_browsers_compare_them() {
+        let p = |hex: &str| SpsProfile::from_profile_level_id(hex).unwrap().profile();
+        assert_eq!(p("42e01f"), Some(Profile::ConstrainedBaseline));
+        assert_eq!(p("42c01e"), Some(Profile::ConstrainedBaseline));
+        assert_eq!(p("4d8028"), Some(Profile::ConstrainedBaseline));
+        assert_eq!(p("42001f"), Some(Profile::Baseline));
+        assert_eq!(p("4d001f"), Some(Profile::Main));
+        assert_eq!(p("640c1f"), Some(Profile::ConstrainedHigh));
+        assert_eq!(p("64001f"), Some(Profile::High));
+        assert_eq!(p("6e001f"), None);
+        assert_eq!(SpsProfile::from_profile_level_id("42e0"), None);
+        assert_eq!(SpsProfile::from_profile_level_id("zz0000"), None);
+        assert_eq!(
+            SpsProfile::from_profile_level_id("42c01e")
+                .unwrap()
+                .to_string(),
+            "constrained baseline level 3"
+        );
+    }
+
+    /// Chromium 156's video formats (trimmed): H.264 in four profiles, two packetization modes.
+    const CHROME_OFFER: &str = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 103 104 107 108 109 114 115\r\n\
+        a=rtpmap:96 VP8/90000\r\n\
+        a=rtpmap:103 H264/90000\r\na=fmtp:103 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f\r\n\
+        a=rtpmap:104 H264/90000\r\na=fmtp:104 level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42e01f\r\n\
+        a=rtpmap:107 H264/90000\r\na=fmtp:107 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
+        a=rtpmap:108 H264/90000\r\na=fmtp:108 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=4d001f\r\n\
+        a=rtpmap:109 H264/90000\r\na=fmtp:109 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=640c1f\r\n\
+        a=rtpmap:114 H264/90000\r\na=fmtp:114 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=64001f\r\n\
+        a=rtpmap:115 rtx/90000\r\na=fmtp:115 apt=114\r\n";
+
+    #[test]
+    fn the_answer_names_an_offered_profile_and_the_stream_level() {
+        let ids: Vec<String> = offered_h264(CHROME_OFFER)
+            .iter()
+            .map(SpsProfile::profile_level_id)
+            .collect();
+        assert_eq!(ids, ["42001f", "42e01f", "4d001f", "640c1f", "64001f"]);
+        let x264_720p = SpsProfile::from_profile_level_id("42c01f").unwrap();
+        assert_eq!(
+            answer_profile_level_id(CHROME_OFFER, &x264_720p).as_deref(),
+            Some("42e01f")
+        );
+        let cb_1080p = SpsProfile::from_profile_level_id("42c028").unwrap();
+        assert_eq!(
+            answer_profile_level_id(CHROME_OFFER, &cb_1080p).as_deref(),
+            Some("42e028")
+        );
+        let high = SpsProfile::from_profile_level_id("640032").unwrap();
+        assert_eq!(
+            answer_profile_level_id(CHROME_OFFER, &high).as_deref(),
+            Some("640032")
+        );
+        // Safari-like: constrained baseline and constrained high only.
+        let safari = CHROME_OFFER
+            .replace("64001f", "640c1f")
+            .replace("4d001f", "42e01f");
+        assert_eq!(answer_profile_level_id(&safari, &high), None);
+        // packetization-mode 0 only: nothing campeer can send.
+        let mode0 = "m=video 9 UDP/TLS/RTP/SAVPF 104\r\na=rtpmap:104 H264/90000\r\na=fmtp:104 packetization-mode=0;profile-level-id=42e01f\r\n";
+        assert!(offered_h264(mode0).is_empty());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! an upstream force-key-unit event (all headers), throttled by [`KeyframeRequester`].
 
 use super::encoder::{self, EncodeSettings, EncoderKind, GstRegistry};
+use super::h264::{self, SpsProfile};
 use super::source::{self, AudioSource, VideoSource};
 use bytes::Bytes;
 use gstreamer as gst;
@@ -200,6 +201,10 @@ pub struct MediaPipeline {
     pub keyframes: KeyframeRequester,
     /// Counters.
     pub stats: Arc<MediaStats>,
+    /// The H.264 stream's latest SPS (profile and level), once one has gone out.
+    sps: Arc<Mutex<Option<SpsProfile>>>,
+    /// What the SPS is expected to say before the first one has gone out.
+    predicted_sps: SpsProfile,
 }
 
 /// Initialise GStreamer once.
@@ -228,10 +233,14 @@ fn unix_ms() -> u64 {
 pub fn describe(settings: &MediaSettings, kind: EncoderKind) -> (String, Option<String>) {
     let s = &settings.encode;
     let queue = "queue max-size-buffers=2 max-size-time=0 max-size-bytes=0 leaky=downstream";
-    let h264 = format!(
-        "{queue} ! {} ! appsink name=video sync=false max-buffers=8 drop=true",
-        encoder::launch_fragment(kind, s)
-    );
+    let sink = "appsink name=video sync=false max-buffers=8 drop=true";
+    if let (EncoderKind::Passthrough, VideoSource::Pipeline(desc)) = (kind, &settings.video) {
+        // Already H.264: no leaky queue (a dropped access unit breaks every frame up to the
+        // next keyframe; the sink drops whole frames when nobody takes them) and no VP8.
+        let video = format!("{desc} ! {} ! {sink}", encoder::launch_fragment(kind, s));
+        return (video, audio_desc(settings));
+    }
+    let h264 = format!("{queue} ! {} ! {sink}", encoder::launch_fragment(kind, s));
     let source = source::video_launch(&settings.video, s.width, s.height, s.framerate);
     let video = if settings.vp8_fallback {
         format!(
@@ -243,13 +252,38 @@ pub fn describe(settings: &MediaSettings, kind: EncoderKind) -> (String, Option<
     } else {
         format!("{source} ! {h264}")
     };
-    let audio = source::audio_launch(&settings.audio).map(|head| {
+    (video, audio_desc(settings))
+}
+
+/// The audio pipeline: the source, Opus at 48 kHz, the sink.
+fn audio_desc(settings: &MediaSettings) -> Option<String> {
+    source::audio_launch(&settings.audio).map(|head| {
         format!(
             "{head} ! queue max-size-time=100000000 leaky=downstream ! opusenc bitrate={} frame-size=20 ! appsink name=audio sync=false max-buffers=16 drop=true",
             settings.audio_bitrate_kbps * 1000
         )
+    })
+}
+
+/// True when a `pipeline:` description ends in H.264 (an IP camera's RTSP stream, a UVC
+/// camera's own encoder, an encoder in the description): its output pad can only carry
+/// `video/x-h264`. A description whose end is not known before it plays (a `decodebin`, a
+/// demuxer) counts as raw video, as before.
+pub fn ends_in_h264(desc: &str) -> bool {
+    if init().is_err() {
+        return false;
+    }
+    // A trailing caps filter needs an element after it to parse; identity passes the caps
+    // query through.
+    let Ok(bin) = gst::parse::bin_from_description(&format!("{desc} ! identity"), true) else {
+        return false;
+    };
+    let h264 = bin.static_pad("src").is_some_and(|pad| {
+        let caps = pad.query_caps(None);
+        !caps.is_any() && !caps.is_empty() && caps.iter().all(|s| s.name() == "video/x-h264")
     });
-    (video, audio)
+    let _ = bin.set_state(gst::State::Null);
+    h264
 }
 
 /// The VP8 encode for viewers without H.264: its frames, keyframe requests and counters, and
@@ -322,8 +356,19 @@ impl MediaPipeline {
     /// Build the pipeline (not yet playing).
     pub fn build(settings: &MediaSettings) -> Result<MediaPipeline, PipelineError> {
         init()?;
-        let kind = encoder::choose(&settings.encoder, &GstRegistry)?;
         let mut settings = settings.clone();
+        let passthrough = matches!(&settings.video, VideoSource::Pipeline(d) if ends_in_h264(d));
+        let kind = if passthrough {
+            if settings.vp8_fallback {
+                tracing::info!(
+                    "the pipeline: source sends H.264 itself: passed through as it is, no VP8 fallback (browsers need its profile)"
+                );
+                settings.vp8_fallback = false;
+            }
+            EncoderKind::Passthrough
+        } else {
+            encoder::choose(&settings.encoder, &GstRegistry)?
+        };
         if settings.vp8_fallback && gst::ElementFactory::find("vp8enc").is_none() {
             // Debian: gstreamer1.0-plugins-good. Without it, H.264 viewers still get video.
             tracing::warn!(
@@ -356,11 +401,17 @@ impl MediaPipeline {
 
         let video_sink = appsink(&pipeline, "video")?;
         keyframes.set_pad(video_sink.static_pad("sink"));
-        install_sink(&video_sink, video_tx.clone(), stats.clone(), true);
+        let sps = Arc::new(Mutex::new(None));
+        install_sink(
+            &video_sink,
+            video_tx.clone(),
+            stats.clone(),
+            Kind::H264(sps.clone()),
+        );
         let has_audio = audio_desc.is_some();
         if has_audio {
             let audio_sink = appsink(&pipeline, "audio")?;
-            install_sink(&audio_sink, audio_tx.clone(), stats.clone(), false);
+            install_sink(&audio_sink, audio_tx.clone(), stats.clone(), Kind::Audio);
         }
         let vp8 = if settings.vp8_fallback {
             let sink = appsink(&pipeline, "vp8")?;
@@ -372,7 +423,7 @@ impl MediaPipeline {
             let (tx, _) = broadcast::channel(VIDEO_QUEUE);
             let keyframes = KeyframeRequester::new(stats.clone());
             keyframes.set_pad(sink.static_pad("sink"));
-            install_sink(&sink, tx.clone(), stats.clone(), true);
+            install_sink(&sink, tx.clone(), stats.clone(), Kind::Vp8);
             Some(Vp8Branch {
                 video: tx,
                 keyframes,
@@ -398,7 +449,27 @@ impl MediaPipeline {
             source: settings.video,
             keyframes,
             stats,
+            sps,
+            predicted_sps: SpsProfile {
+                profile_idc: 66,
+                constraints: 0xc0,
+                level_idc: encoder::level_for(
+                    settings.encode.width,
+                    settings.encode.height,
+                    settings.encode.framerate,
+                ),
+            },
         })
+    }
+
+    /// The H.264 stream's profile and level as its SPS says (what answers announce); before
+    /// the first SPS has gone out, what the encoder settings make it say.
+    pub fn h264_profile(&self) -> SpsProfile {
+        self.sps
+            .lock()
+            .ok()
+            .and_then(|s| *s)
+            .unwrap_or(self.predicted_sps)
     }
 
     /// A V4L2 camera's capture format, read from the device now (see
@@ -489,6 +560,13 @@ impl MediaPipeline {
 
     /// Change the video bitrate while running.
     pub fn set_bitrate(&self, kbps: u32) {
+        if self.encoder == EncoderKind::Passthrough {
+            tracing::warn!(
+                kbps,
+                "video.bitrate-kbps does not apply: the pipeline: source sends H.264 itself"
+            );
+            return;
+        }
         if let Some(vp8) = self.pipeline.by_name("vp8enc") {
             vp8.set_property_from_str("target-bitrate", &(u64::from(kbps) * 1000).to_string());
         }
@@ -530,12 +608,48 @@ fn appsink(
         })
 }
 
+/// What an appsink carries.
+enum Kind {
+    /// H.264 access units; the latest SPS is kept here.
+    H264(Arc<Mutex<Option<SpsProfile>>>),
+    /// VP8 frames.
+    Vp8,
+    /// Opus packets.
+    Audio,
+}
+
+/// Keep the SPS of a keyframe `au` in `slot` when it differs from the one there, and say so.
+fn note_sps(au: &[u8], slot: &Mutex<Option<SpsProfile>>) {
+    let Some(sps) = h264::nal_units(au)
+        .into_iter()
+        .find(|n| h264::nal_type(n) == h264::NAL_SPS)
+        .and_then(SpsProfile::parse)
+    else {
+        return;
+    };
+    let Ok(mut slot) = slot.lock() else { return };
+    if *slot != Some(sps) {
+        match *slot {
+            None => {
+                tracing::info!(stream = %sps, profile_level_id = %sps.profile_level_id(), "H.264 stream")
+            }
+            Some(old) => tracing::warn!(
+                from = %old,
+                to = %sps,
+                "the H.264 stream's profile or level changed; viewers already watching negotiated the old one"
+            ),
+        }
+        *slot = Some(sps);
+    }
+}
+
 fn install_sink(
     sink: &gst_app::AppSink,
     tx: broadcast::Sender<Arc<EncodedFrame>>,
     stats: Arc<MediaStats>,
-    video: bool,
+    kind: Kind,
 ) {
+    let video = !matches!(kind, Kind::Audio);
     sink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |sink| {
@@ -559,6 +673,9 @@ fn install_sink(
                     keyframe,
                     at: Instant::now(),
                 };
+                if let (Kind::H264(slot), true) = (&kind, keyframe) {
+                    note_sps(&frame.data, slot);
+                }
                 if video {
                     stats.frames.fetch_add(1, Ordering::Relaxed);
                     stats

@@ -64,6 +64,33 @@ pub struct Received {
     pub audio: Vec<i16>,
     /// The peer connection's state, as webrtc-rs last reported it.
     pub state: String,
+    /// The camera's answer SDP.
+    pub answer: Option<String>,
+    /// The first H.264 SPS that arrived (single NAL unit or inside a STAP-A).
+    pub sps: Option<Vec<u8>>,
+    /// The camera's refusal (`error` with `from`): its code and message.
+    pub refused: Option<(String, String)>,
+}
+
+/// The SPS in one H.264 RTP payload, if there is one (RFC 6184: a single NAL unit, or a STAP-A
+/// aggregate of size-prefixed units).
+pub fn sps_in_payload(payload: &[u8]) -> Option<Vec<u8>> {
+    match payload.first()? & 0x1f {
+        7 => Some(payload.to_vec()),
+        24 => {
+            let mut rest = &payload[1..];
+            while rest.len() >= 2 {
+                let n = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+                let unit = rest.get(2..2 + n)?;
+                if unit.first().map(|b| b & 0x1f) == Some(7) {
+                    return Some(unit.to_vec());
+                }
+                rest = &rest[2 + n..];
+            }
+            None
+        }
+        _ => None,
+    }
 }
 
 /// A viewer connected to one camera of a room.
@@ -122,6 +149,7 @@ impl PeerConnectionEventHandler for Handler {
             .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
             .expect("appsink");
         let received = self.received.clone();
+        let sps_slot = self.received.clone();
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |sink| {
@@ -187,6 +215,12 @@ impl PeerConnectionEventHandler for Handler {
             while let Some(event) = track.poll().await {
                 match event {
                     TrackRemoteEvent::OnRtpPacket(mut packet) => {
+                        if kind == RtpCodecKind::Video {
+                            if let Some(sps) = sps_in_payload(&packet.payload) {
+                                let mut r = sps_slot.lock().expect("received lock");
+                                r.sps.get_or_insert(sps);
+                            }
+                        }
                         // The decode caps name fixed payload types.
                         packet.header.payload_type = if kind == RtpCodecKind::Video {
                             102
@@ -219,6 +253,12 @@ impl RtcViewer {
     /// Join the room of `room_url` (`http://host:port/room/<room>?token=…`) as a viewer, call
     /// its camera and start decoding what arrives.
     pub async fn connect(room_url: &str) -> RtcViewer {
+        Self::connect_offering(room_url, &["42e01f"]).await
+    }
+
+    /// [`RtcViewer::connect`] with an offer listing H.264 in these `profile-level-id`s (each
+    /// with packetization-mode 1), in this order.
+    pub async fn connect_offering(room_url: &str, h264: &[&str]) -> RtcViewer {
         gst::init().expect("gstreamer init");
         let (base, rest) = room_url
             .trim_start_matches("http://")
@@ -267,20 +307,24 @@ impl RtcViewer {
         };
 
         let mut me = MediaEngine::default();
-        me.register_codec(
-            RTCRtpCodecParameters {
-                rtp_codec: codec(
-                    "video/H264",
-                    90_000,
-                    0,
-                    "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
-                ),
-                payload_type: 102,
-                ..Default::default()
-            },
-            RtpCodecKind::Video,
-        )
-        .expect("register H.264");
+        for (i, id) in h264.iter().enumerate() {
+            me.register_codec(
+                RTCRtpCodecParameters {
+                    rtp_codec: codec(
+                        "video/H264",
+                        90_000,
+                        0,
+                        &format!(
+                            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={id}"
+                        ),
+                    ),
+                    payload_type: 102 + i as u8 * 2,
+                    ..Default::default()
+                },
+                RtpCodecKind::Video,
+            )
+            .expect("register H.264");
+        }
         me.register_codec(
             RTCRtpCodecParameters {
                 rtp_codec: codec("audio/opus", 48_000, 2, "minptime=10;useinbandfec=1"),
@@ -338,6 +382,7 @@ impl RtcViewer {
             .expect("send offer");
 
         let pc2 = pc.clone();
+        let seen = received.clone();
         let ws_task = tokio::spawn(async move {
             let _tx = tx; // the socket stays open while the viewer lives
             while let Some(Ok(msg)) = rx.next().await {
@@ -347,6 +392,7 @@ impl RtcViewer {
                 match v["type"].as_str() {
                     Some("answer") => {
                         let sdp = v["sdp"].as_str().unwrap_or_default().to_owned();
+                        seen.lock().expect("received lock").answer = Some(sdp.clone());
                         let answer = RTCSessionDescription::answer(sdp).expect("answer SDP");
                         pc2.set_remote_description(answer)
                             .await
@@ -361,7 +407,15 @@ impl RtcViewer {
                             }
                         }
                     }
-                    Some("error") => eprintln!("rtc viewer: signaling error {v}"),
+                    Some("error") => {
+                        eprintln!("rtc viewer: signaling error {v}");
+                        if v["from"].is_string() {
+                            seen.lock().expect("received lock").refused = Some((
+                                v["code"].as_str().unwrap_or_default().to_owned(),
+                                v["message"].as_str().unwrap_or_default().to_owned(),
+                            ));
+                        }
+                    }
                     _ => {}
                 }
             }
