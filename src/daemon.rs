@@ -355,6 +355,12 @@ fn pipeline_problem(msg: &gstreamer::Message) -> Option<String> {
             Some(format!("{src}: {} ({debug})", e.error()))
         }
         MessageView::Eos(_) => Some("end of stream from the source".to_owned()),
+        MessageView::Application(a)
+            if a.structure()
+                .is_some_and(|s| s.name() == crate::media::pipeline::VIDEO_EOS) =>
+        {
+            Some("end of stream from the source".to_owned())
+        }
         _ => None,
     }
 }

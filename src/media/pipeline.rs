@@ -219,17 +219,23 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The name of the application message posted when the H.264 branch sees end-of-stream. With
+/// the VP8 branch closed the pipeline never posts EOS itself (its VP8 sink gets no EOS), and an
+/// ending `pipeline:` source must be seen as ending, not as a stall.
+pub const VIDEO_EOS: &str = "campeer-video-eos";
+
 /// The whole gst-launch description for these settings.
 ///
 /// With the VP8 fallback, the raw video is split (`tee`) before the encoders: the H.264 branch
 /// as always, and a VP8 branch behind a closed `valve` that [`Vp8Branch::viewer_joined`]
 /// opens for the first viewer that cannot decode H.264 (a closed valve drops frames before
 /// the encoder, so the branch costs nothing while no such viewer watches). Each branch has its
-/// own leaky queue: a slow VP8 encode never holds the H.264 one back. The closed valve still
-/// forwards sticky events (caps, end-of-stream: a `pipeline:` source that ends is seen as
-/// ending, not as a stall). The VP8 sink does not
-/// take part in state changes (`async=false`): it gets no frame while the valve is closed, and
-/// the pipeline must still reach PLAYING.
+/// own leaky queue: a slow VP8 encode never holds the H.264 one back. The closed valve drops
+/// events too, caps included, so vp8enc sets up its encoder (~25 MB at 720p) only when the
+/// valve first opens (the valve then pushes the caps again); the end of the stream is taken
+/// from the H.264 branch instead ([`VIDEO_EOS`]). The VP8 sink does not take part in state
+/// changes (`async=false`): it gets no frame while the valve is closed, and the pipeline must
+/// still reach PLAYING.
 pub fn describe(settings: &MediaSettings, kind: EncoderKind) -> (String, Option<String>) {
     let s = &settings.encode;
     let queue = "queue max-size-buffers=2 max-size-time=0 max-size-bytes=0 leaky=downstream";
@@ -245,7 +251,7 @@ pub fn describe(settings: &MediaSettings, kind: EncoderKind) -> (String, Option<
     let video = if settings.vp8_fallback {
         format!(
             "{source} ! tee name=rawtee allow-not-linked=true  rawtee. ! {h264}  \
-             rawtee. ! valve name=vp8valve drop=true drop-mode=forward-sticky-events ! {queue} ! {} ! \
+             rawtee. ! valve name=vp8valve drop=true ! {queue} ! {} ! \
              appsink name=vp8 sync=false async=false max-buffers=8 drop=true",
             encoder::vp8_fragment(s)
         )
@@ -414,6 +420,22 @@ impl MediaPipeline {
             install_sink(&audio_sink, audio_tx.clone(), stats.clone(), Kind::Audio);
         }
         let vp8 = if settings.vp8_fallback {
+            if let Some(pad) = video_sink.static_pad("sink") {
+                let sink = video_sink.clone();
+                pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+                    if let Some(gst::PadProbeData::Event(ev)) = &info.data {
+                        if ev.type_() == gst::EventType::Eos {
+                            let msg = gst::message::Application::builder(
+                                gst::Structure::new_empty(VIDEO_EOS),
+                            )
+                            .src(&sink)
+                            .build();
+                            let _ = sink.post_message(msg);
+                        }
+                    }
+                    gst::PadProbeReturn::Ok
+                });
+            }
             let sink = appsink(&pipeline, "vp8")?;
             let valve = pipeline.by_name("vp8valve").ok_or(PipelineError::Build {
                 what: "vp8",
