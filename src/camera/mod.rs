@@ -140,6 +140,9 @@ impl CameraState {
     }
 }
 
+/// How long an offer waits for a passed-through source's first SPS.
+const PASSTHROUGH_SPS_WAIT: Duration = Duration::from_secs(3);
+
 /// Backoff for attempt `n` (0-based): 0.5 s doubling, capped at [`MAX_BACKOFF`], ±25 % jitter.
 pub fn backoff(n: u32) -> Duration {
     let base = Duration::from_millis(500)
@@ -682,6 +685,19 @@ impl Camera {
                 let has_turn = ice
                     .iter()
                     .any(|s| s.urls.iter().any(|u| u.starts_with("turn")));
+                if self.media.encoder == crate::media::encoder::EncoderKind::Passthrough
+                    && self.media.sent_sps().is_none()
+                    && self.media.stats.started_unix_ms.load(Ordering::Relaxed) != 0
+                {
+                    // A passed-through source picks its own profile: answer with what it
+                    // really sends, once its first keyframe is out (bounded; before any start,
+                    // as for the first viewer of an on-demand camera, the guess is used).
+                    let deadline = tokio::time::Instant::now() + PASSTHROUGH_SPS_WAIT;
+                    while self.media.sent_sps().is_none() && tokio::time::Instant::now() < deadline
+                    {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
                 let h264 = self.media.h264_profile();
                 let Some(codec) = peer::choose_codec(&sdp, &h264, self.media.vp8.is_some()) else {
                     let codecs = offered_codecs(&sdp);

@@ -587,9 +587,11 @@ pub async fn reoffer(peer: &Peer, offer: String) -> Result<String, PeerError> {
 
 /// The answer text with the stream's own `profile-level-id` (`id`) on its H.264 format:
 /// webrtc-rs answers with the offer's parameters, so every answer would repeat the viewer's
-/// level (42e01f from browsers) whatever the SPS says. Only the text sent to the viewer is
-/// changed: webrtc-rs refuses a local description that differs from the answer it created, and
-/// it does not use the level for sending.
+/// level (42e01f from browsers) whatever the SPS says. With level-asymmetry-allowed (every
+/// browser offers it) the answer's level is campeer's own to state; the viewer learns the level
+/// it will be sent, not just the one it offered. Only the text sent to the viewer is changed:
+/// webrtc-rs refuses a local description that differs from the answer it created, and it does
+/// not use the level for sending.
 fn stream_level(answer: String, id: Option<&str>) -> String {
     match id {
         Some(id) => with_profile_level_id(&answer, id),

@@ -83,7 +83,7 @@ impl SpsProfile {
     /// Read an SDP `profile-level-id` (six hex digits).
     pub fn from_profile_level_id(hex: &str) -> Option<SpsProfile> {
         let hex = hex.trim();
-        if hex.len() != 6 || !hex.is_ascii() {
+        if hex.len() != 6 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         let byte = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).ok();
@@ -171,8 +171,8 @@ impl std::fmt::Display for Profile {
 }
 
 /// The `profile-level-id`s of an SDP's H.264 formats with packetization-mode 1 (the mode
-/// campeer packetizes in), in the offer's order. A format without the parameter is baseline
-/// level 1 (`420010`, RFC 6184's default).
+/// campeer packetizes in), in the offer's order. A format without the parameter is left out:
+/// webrtc-rs cannot match it (and no browser sends one).
 pub fn offered_h264(sdp: &str) -> Vec<SpsProfile> {
     let pts: Vec<&str> = sdp
         .lines()
@@ -190,8 +190,7 @@ pub fn offered_h264(sdp: &str) -> Vec<SpsProfile> {
             }
             let id = params
                 .iter()
-                .find_map(|p| p.strip_prefix("profile-level-id="))
-                .unwrap_or("420010");
+                .find_map(|p| p.strip_prefix("profile-level-id="))?;
             SpsProfile::from_profile_level_id(id)
         })
         .collect()
@@ -258,6 +257,8 @@ mod tests {
         assert_eq!(p("6e001f"), None);
         assert_eq!(SpsProfile::from_profile_level_id("42e0"), None);
         assert_eq!(SpsProfile::from_profile_level_id("zz0000"), None);
+        assert_eq!(SpsProfile::from_profile_level_id("+2e0+f"), None);
+        assert_eq!(SpsProfile::from_profile_level_id("42é01"), None);
         assert_eq!(
             SpsProfile::from_profile_level_id("42c01e")
                 .unwrap()
@@ -307,6 +308,9 @@ mod tests {
         // packetization-mode 0 only: nothing campeer can send.
         let mode0 = "m=video 9 UDP/TLS/RTP/SAVPF 104\r\na=rtpmap:104 H264/90000\r\na=fmtp:104 packetization-mode=0;profile-level-id=42e01f\r\n";
         assert!(offered_h264(mode0).is_empty());
+        // No profile-level-id: left out (webrtc-rs could not match it).
+        let bare = "m=video 9 UDP/TLS/RTP/SAVPF 104\r\na=rtpmap:104 H264/90000\r\na=fmtp:104 packetization-mode=1\r\n";
+        assert!(offered_h264(bare).is_empty());
     }
 
     #[test]

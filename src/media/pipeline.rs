@@ -219,9 +219,11 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The name of the application message posted when the H.264 branch sees end-of-stream. With
-/// the VP8 branch closed the pipeline never posts EOS itself (its VP8 sink gets no EOS), and an
-/// ending `pipeline:` source must be seen as ending, not as a stall.
+/// The name of the application message posted when the H.264 branch sees end-of-stream. The
+/// pipeline posts EOS only once every sink has it, which never happens while the VP8 valve is
+/// closed (its sink gets no EOS) or a live audio source keeps going, and an ending `pipeline:`
+/// source must be seen as ending, not as a stall. (When both arrive, the first one restarts the
+/// pipeline and the second is drained with the old run's messages.)
 pub const VIDEO_EOS: &str = "campeer-video-eos";
 
 /// The whole gst-launch description for these settings.
@@ -419,23 +421,23 @@ impl MediaPipeline {
             let audio_sink = appsink(&pipeline, "audio")?;
             install_sink(&audio_sink, audio_tx.clone(), stats.clone(), Kind::Audio);
         }
-        let vp8 = if settings.vp8_fallback {
-            if let Some(pad) = video_sink.static_pad("sink") {
-                let sink = video_sink.clone();
-                pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
-                    if let Some(gst::PadProbeData::Event(ev)) = &info.data {
-                        if ev.type_() == gst::EventType::Eos {
-                            let msg = gst::message::Application::builder(
-                                gst::Structure::new_empty(VIDEO_EOS),
-                            )
-                            .src(&sink)
-                            .build();
-                            let _ = sink.post_message(msg);
-                        }
+        if let Some(pad) = video_sink.static_pad("sink") {
+            let sink = video_sink.clone();
+            pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+                if let Some(gst::PadProbeData::Event(ev)) = &info.data {
+                    if ev.type_() == gst::EventType::Eos {
+                        let msg = gst::message::Application::builder(gst::Structure::new_empty(
+                            VIDEO_EOS,
+                        ))
+                        .src(&sink)
+                        .build();
+                        let _ = sink.post_message(msg);
                     }
-                    gst::PadProbeReturn::Ok
-                });
-            }
+                }
+                gst::PadProbeReturn::Ok
+            });
+        }
+        let vp8 = if settings.vp8_fallback {
             let sink = appsink(&pipeline, "vp8")?;
             let valve = pipeline.by_name("vp8valve").ok_or(PipelineError::Build {
                 what: "vp8",
@@ -485,13 +487,25 @@ impl MediaPipeline {
     }
 
     /// The H.264 stream's profile and level as its SPS says (what answers announce); before
-    /// the first SPS has gone out, what the encoder settings make it say.
+    /// the first SPS has gone out since the last start, what the encoder settings make it say.
+    /// campeer's own encoders are held to constrained baseline by their output caps, so an SPS
+    /// of theirs without constraint_set1 (plain baseline bytes, some hardware encoders) still
+    /// counts as constrained baseline: viewers offering only that profile keep getting H.264.
     pub fn h264_profile(&self) -> SpsProfile {
-        self.sps
-            .lock()
-            .ok()
-            .and_then(|s| *s)
-            .unwrap_or(self.predicted_sps)
+        let sps = self.sent_sps().unwrap_or(self.predicted_sps);
+        if self.encoder != EncoderKind::Passthrough && sps.profile_idc == 66 {
+            SpsProfile {
+                constraints: sps.constraints | 0x40,
+                ..sps
+            }
+        } else {
+            sps
+        }
+    }
+
+    /// The SPS that went out since the last start, if one has.
+    pub fn sent_sps(&self) -> Option<SpsProfile> {
+        self.sps.lock().ok().and_then(|s| *s)
     }
 
     /// A V4L2 camera's capture format, read from the device now (see
@@ -530,6 +544,10 @@ impl MediaPipeline {
     /// Set the pipeline playing; waits (up to `timeout`) for the state change and reports a
     /// failed one (device missing or busy, caps refused).
     pub fn start(&self, timeout: Duration) -> Result<(), PipelineError> {
+        // A camera may come back with another format (and level): answers wait for its SPS.
+        if let Ok(mut sps) = self.sps.lock() {
+            *sps = None;
+        }
         if let VideoSource::V4l2(dev) = &self.source {
             self.choose_camera_format(dev);
         }
