@@ -482,16 +482,7 @@ async fn measure_net(net: &Net, socket: &str, runs: usize) {
     println!("--- {} ---", net.label);
     // webrtcbin joins a room on a campeer server that sends no media of its own.
     let listen = format!("{}:0", net.ip);
-    let mut signal = Campeer::start(
-        &["serve", "--listen", &listen],
-        &[("CAMPEER__SERVER__OPEN_ROOMS", "[\"*\"]")],
-    );
-    let line = signal.wait_stdout("signaling server on", Duration::from_secs(30));
-    let sbase = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .map(|w| w.trim_end_matches('/').to_owned())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let (signal, sbase) = common::start_server_on(&listen, "[\"*\"]");
     let gst_pid = relay_webrtcbin(
         format!("{}/ws", sbase.replace("http://", "ws://")),
         "g2g",

@@ -34,6 +34,16 @@ async fn next(rx: &mut broadcast::Receiver<Arc<EncodedFrame>>) -> Arc<EncodedFra
         .expect("frame")
 }
 
+/// The SPS in front of the next keyframe.
+async fn next_keyframe_sps(rx: &mut broadcast::Receiver<Arc<EncodedFrame>>) -> SpsProfile {
+    loop {
+        let f = next(rx).await;
+        if f.keyframe {
+            return h264::sps_of(&f.data).expect("SPS in the keyframe");
+        }
+    }
+}
+
 async fn check_bitstream(encoder: &str) {
     let p = MediaPipeline::build(&settings(encoder, VideoSource::Test, 15)).expect("build");
     assert_eq!(p.encoder.element(), encoder);
@@ -204,18 +214,8 @@ async fn a_pipeline_source_works() {
     let p = MediaPipeline::build(&settings("x264enc", src, 30)).expect("build");
     let mut rx = p.video.subscribe();
     p.start(Duration::from_secs(10)).expect("start");
-    let f = loop {
-        let f = next(&mut rx).await;
-        if f.keyframe {
-            break f;
-        }
-    };
-    let units = h264::nal_units(&f.data);
-    let sps = units
-        .iter()
-        .find(|n| h264::nal_type(n) == h264::NAL_SPS)
-        .expect("SPS");
-    assert!(SpsProfile::parse(sps).unwrap().is_constrained_baseline());
+    let sps = next_keyframe_sps(&mut rx).await;
+    assert!(sps.is_constrained_baseline());
 }
 
 #[test]
@@ -242,18 +242,7 @@ async fn predicted_level_is_the_encoded_level(encoder: &str) {
         let predicted = p.h264_profile();
         let mut rx = p.video.subscribe();
         p.start(Duration::from_secs(10)).expect("start");
-        let f = loop {
-            let f = next(&mut rx).await;
-            if f.keyframe {
-                break f;
-            }
-        };
-        let units = h264::nal_units(&f.data);
-        let sps = units
-            .iter()
-            .find(|n| h264::nal_type(n) == h264::NAL_SPS)
-            .and_then(|n| SpsProfile::parse(n))
-            .expect("SPS in the keyframe");
+        let sps = next_keyframe_sps(&mut rx).await;
         eprintln!(
             "{encoder} {w}x{h}@30: SPS {} ({sps}), predicted {}",
             sps.profile_level_id(),

@@ -11,6 +11,7 @@
 //! any other host address) crosses it. Needs root (CAP_NET_ADMIN) and `/dev/net/tun`.
 #![allow(dead_code)]
 
+use crate::common::netns::sh;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fs::File;
@@ -63,18 +64,6 @@ pub struct ImpairedNs {
     threads: Vec<JoinHandle<()>>,
     /// [to the namespace, from the namespace]
     pub counters: [Arc<Counters>; 2],
-}
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Create TUN device `name` (no packet-info header) and return its queue.

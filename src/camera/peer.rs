@@ -360,16 +360,14 @@ fn local_track(kind: RtpCodecKind, codec: RTCRtpCodec, ssrc: u32) -> MediaStream
 
 /// Answer `offer`: returns the connection and the answer SDP. Candidates trickle as events.
 pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), PeerError> {
-    let h264_id = match setup.codec {
+    let (video_codec, video_pt, rtx_pt, h264_id) = match setup.codec {
         VideoCodec::H264 => {
-            Some(h264::answer_profile_level_id(&offer, &setup.h264).ok_or(PeerError::NoCodec)?)
+            let id =
+                h264::answer_profile_level_id(&offer, &setup.h264).ok_or(PeerError::NoCodec)?;
+            (codec_h264(&id), H264_PT, RTX_PT, Some(id))
         }
-        VideoCodec::Vp8 => None,
-    };
-    let (video_codec, video_pt, rtx_pt) = match (setup.codec, &h264_id) {
-        (VideoCodec::H264, Some(id)) => (codec_h264(id), H264_PT, RTX_PT),
-        (VideoCodec::Vp8, _) if offer_has_vp8(&offer) => (codec_vp8(), VP8_PT, VP8_RTX_PT),
-        _ => return Err(PeerError::NoCodec),
+        VideoCodec::Vp8 if offer_has_vp8(&offer) => (codec_vp8(), VP8_PT, VP8_RTX_PT, None),
+        VideoCodec::Vp8 => return Err(PeerError::NoCodec),
     };
     let mut me = MediaEngine::default();
     me.register_codec(
@@ -594,56 +592,9 @@ pub async fn reoffer(peer: &Peer, offer: String) -> Result<String, PeerError> {
 /// not use the level for sending.
 fn stream_level(answer: String, id: Option<&str>) -> String {
     match id {
-        Some(id) => with_profile_level_id(&answer, id),
+        Some(id) => h264::with_profile_level_id(&answer, id),
         None => answer,
     }
-}
-
-/// `sdp` with `profile-level-id=<id>` on each H.264 format line whose profile is `id`'s.
-pub fn with_profile_level_id(sdp: &str, id: &str) -> String {
-    let Some(want) = SpsProfile::from_profile_level_id(id).and_then(|p| p.profile()) else {
-        return sdp.to_owned();
-    };
-    let h264_pts: Vec<String> = sdp
-        .lines()
-        .filter_map(|l| l.strip_prefix("a=rtpmap:"))
-        .filter(|l| l.to_ascii_uppercase().contains(" H264/90000"))
-        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-        .collect();
-    let fix = |line: &str| -> Option<String> {
-        let rest = line.strip_prefix("a=fmtp:")?;
-        let (pt, params) = rest.split_once(' ')?;
-        if !h264_pts.iter().any(|p| p == pt) {
-            return None;
-        }
-        let mut changed = false;
-        let params: Vec<String> = params
-            .split(';')
-            .map(|p| match p.trim().strip_prefix("profile-level-id=") {
-                Some(old)
-                    if SpsProfile::from_profile_level_id(old).and_then(|o| o.profile())
-                        == Some(want) =>
-                {
-                    changed = true;
-                    format!("profile-level-id={id}")
-                }
-                _ => p.to_owned(),
-            })
-            .collect();
-        changed.then(|| format!("a=fmtp:{pt} {}", params.join(";")))
-    };
-    let mut out = String::with_capacity(sdp.len());
-    for line in sdp.split_inclusive('\n') {
-        let body = line.trim_end_matches(['\r', '\n']);
-        match fix(body) {
-            Some(fixed) => {
-                out.push_str(&fixed);
-                out.push_str(&line[body.len()..]);
-            }
-            None => out.push_str(line),
-        }
-    }
-    out
 }
 
 /// Add a remote candidate.
@@ -950,16 +901,6 @@ mod tests {
         // constrained baseline: VP8 when there is a fallback, else nothing.
         assert_eq!(choose_codec(chrome, &high, true), Some(VideoCodec::Vp8));
         assert_eq!(choose_codec(chrome, &high, false), None);
-        let answer = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 107 99\r\na=rtpmap:107 H264/90000\r\n\
-            a=fmtp:107 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
-            a=rtpmap:99 rtx/90000\r\na=fmtp:99 apt=107\r\n";
-        let fixed = with_profile_level_id(answer, "42e028");
-        assert_eq!(
-            fixed,
-            answer.replace("profile-level-id=42e01f", "profile-level-id=42e028")
-        );
-        // Another profile's line is not touched.
-        assert_eq!(with_profile_level_id(answer, "640028"), answer);
         assert_eq!(
             h264_fmtp("42e028"),
             "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e028"

@@ -257,7 +257,7 @@ pub fn launch_fragment(kind: EncoderKind, s: &EncodeSettings) -> String {
             format!(
                 "v4l2h264enc name=encoder extra-controls=\"controls,repeat_sequence_header=1,video_bitrate={bps},h264_i_frame_period={gop},h264_level={},h264_profile=1\" ! video/x-h264,level=(string){}",
                 v4l2_level(level),
-                level_string(level)
+                crate::media::h264::level_name(level)
             )
         }
         EncoderKind::Va => format!(
@@ -278,10 +278,6 @@ pub fn launch_fragment(kind: EncoderKind, s: &EncodeSettings) -> String {
     format!(
         "{enc} ! video/x-h264,profile=constrained-baseline,stream-format=byte-stream ! h264parse config-interval=-1 ! video/x-h264,stream-format=byte-stream,alignment=au"
     )
-}
-
-fn level_string(level_idc: u8) -> String {
-    format!("{}.{}", level_idc / 10, level_idc % 10).replace(".0", "")
 }
 
 #[cfg(test)]
@@ -323,8 +319,8 @@ mod tests {
         assert_eq!(level_for(1280, 720, 60), 32);
         assert_eq!(level_for(1920, 1080, 30), 40);
         assert_eq!(level_for(1280, 720, 120), 42);
-        assert_eq!(level_string(40), "4");
-        assert_eq!(level_string(31), "3.1");
+        assert_eq!(crate::media::h264::level_name(40), "4");
+        assert_eq!(crate::media::h264::level_name(31), "3.1");
     }
 
     #[test]

@@ -101,7 +101,7 @@ impl SpsProfile {
 
     /// The level as people write it: `3.1`, `4`.
     pub fn level(&self) -> String {
-        format!("{}.{}", self.level_idc / 10, self.level_idc % 10).replace(".0", "")
+        level_name(self.level_idc)
     }
 }
 
@@ -170,16 +170,20 @@ impl std::fmt::Display for Profile {
     }
 }
 
+/// The payload types an SDP maps to H.264.
+fn h264_payload_types(sdp: &str) -> Vec<&str> {
+    sdp.lines()
+        .filter_map(|l| l.strip_prefix("a=rtpmap:"))
+        .filter(|l| l.to_ascii_uppercase().contains(" H264/90000"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect()
+}
+
 /// The `profile-level-id`s of an SDP's H.264 formats with packetization-mode 1 (the mode
 /// campeer packetizes in), in the offer's order. A format without the parameter is left out:
 /// webrtc-rs cannot match it (and no browser sends one).
 pub fn offered_h264(sdp: &str) -> Vec<SpsProfile> {
-    let pts: Vec<&str> = sdp
-        .lines()
-        .filter_map(|l| l.strip_prefix("a=rtpmap:"))
-        .filter(|l| l.to_ascii_uppercase().contains(" H264/90000"))
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
+    let pts = h264_payload_types(sdp);
     sdp.lines()
         .filter_map(|l| l.strip_prefix("a=fmtp:"))
         .filter_map(|l| {
@@ -211,6 +215,61 @@ pub fn answer_profile_level_id(offer: &str, stream: &SpsProfile) -> Option<Strin
                 o.profile_idc, o.constraints, stream.level_idc
             )
         })
+}
+
+/// `sdp` with `profile-level-id=<id>` on each H.264 format line whose profile is `id`'s.
+pub fn with_profile_level_id(sdp: &str, id: &str) -> String {
+    let Some(want) = SpsProfile::from_profile_level_id(id).and_then(|p| p.profile()) else {
+        return sdp.to_owned();
+    };
+    let h264_pts = h264_payload_types(sdp);
+    let fix = |line: &str| -> Option<String> {
+        let rest = line.strip_prefix("a=fmtp:")?;
+        let (pt, params) = rest.split_once(' ')?;
+        if !h264_pts.contains(&pt) {
+            return None;
+        }
+        let mut changed = false;
+        let params: Vec<String> = params
+            .split(';')
+            .map(|p| match p.trim().strip_prefix("profile-level-id=") {
+                Some(old)
+                    if SpsProfile::from_profile_level_id(old).and_then(|o| o.profile())
+                        == Some(want) =>
+                {
+                    changed = true;
+                    format!("profile-level-id={id}")
+                }
+                _ => p.to_owned(),
+            })
+            .collect();
+        changed.then(|| format!("a=fmtp:{pt} {}", params.join(";")))
+    };
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        match fix(body) {
+            Some(fixed) => {
+                out.push_str(&fixed);
+                out.push_str(&line[body.len()..]);
+            }
+            None => out.push_str(line),
+        }
+    }
+    out
+}
+
+/// A `level_idc` as people (and GStreamer caps) write it: 31 is `3.1`, 40 is `4`.
+pub fn level_name(level_idc: u8) -> String {
+    format!("{}.{}", level_idc / 10, level_idc % 10).replace(".0", "")
+}
+
+/// The SPS of an access unit, if it carries one.
+pub fn sps_of(au: &[u8]) -> Option<SpsProfile> {
+    nal_units(au)
+        .into_iter()
+        .find(|n| nal_type(n) == NAL_SPS)
+        .and_then(SpsProfile::parse)
 }
 
 /// For an access unit: is it an IDR, and if so are SPS and PPS in front of its first slice?
@@ -311,6 +370,20 @@ mod tests {
         // No profile-level-id: left out (webrtc-rs could not match it).
         let bare = "m=video 9 UDP/TLS/RTP/SAVPF 104\r\na=rtpmap:104 H264/90000\r\na=fmtp:104 packetization-mode=1\r\n";
         assert!(offered_h264(bare).is_empty());
+    }
+
+    #[test]
+    fn the_answer_text_gets_the_stream_level() {
+        let answer = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 107 99\r\na=rtpmap:107 H264/90000\r\n\
+            a=fmtp:107 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
+            a=rtpmap:99 rtx/90000\r\na=fmtp:99 apt=107\r\n";
+        let fixed = with_profile_level_id(answer, "42e028");
+        assert_eq!(
+            fixed,
+            answer.replace("profile-level-id=42e01f", "profile-level-id=42e028")
+        );
+        // Another profile's line is not touched.
+        assert_eq!(with_profile_level_id(answer, "640028"), answer);
     }
 
     #[test]

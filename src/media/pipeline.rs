@@ -660,11 +660,7 @@ enum Kind {
 
 /// Keep the SPS of a keyframe `au` in `slot` when it differs from the one there, and say so.
 fn note_sps(au: &[u8], slot: &Mutex<Option<SpsProfile>>) {
-    let Some(sps) = h264::nal_units(au)
-        .into_iter()
-        .find(|n| h264::nal_type(n) == h264::NAL_SPS)
-        .and_then(SpsProfile::parse)
-    else {
+    let Some(sps) = h264::sps_of(au) else {
         return;
     };
     let Ok(mut slot) = slot.lock() else { return };

@@ -518,8 +518,13 @@ impl Page {
 /// Start `campeer serve` on a free loopback port with `open_rooms` (a TOML list) open, and
 /// return it with its base URL (`http://127.0.0.1:port`).
 pub fn start_server(open_rooms: &str) -> (Campeer, String) {
+    start_server_on("127.0.0.1:0", open_rooms)
+}
+
+/// [`start_server`] listening on `listen`.
+pub fn start_server_on(listen: &str, open_rooms: &str) -> (Campeer, String) {
     let mut server = Campeer::start(
-        &["serve", "--listen", "127.0.0.1:0"],
+        &["serve", "--listen", listen],
         &[("CAMPEER__SERVER__OPEN_ROOMS", open_rooms)],
     );
     let line = server.wait_stdout("signaling server on", Duration::from_secs(20));
