@@ -150,6 +150,20 @@ pub struct VideoConfig {
     /// The codec for viewers whose browser cannot decode H.264: `vp8` (a second encode, run
     /// only while such a viewer watches) or `none` (they get a clear refusal).
     pub fallback: Fallback,
+    /// What to do with a V4L2 camera's own H.264: pass it through, or decode and encode it.
+    pub camera_h264: CameraH264,
+}
+
+/// `video.camera-h264`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CameraH264 {
+    /// Sent to viewers as the camera encoded it, when it fits the configured size and rate
+    /// as well as the camera's other formats do.
+    PassThrough,
+    /// Treated like MJPEG or raw: decoded, and encoded by campeer's encoder (last choice among
+    /// the camera's formats).
+    ReEncode,
 }
 
 /// `video.fallback`.
@@ -173,6 +187,7 @@ impl Default for VideoConfig {
             keyframe_interval: Duration::from_secs(2),
             encoder: "auto".into(),
             fallback: Fallback::Vp8,
+            camera_h264: CameraH264::PassThrough,
         }
     }
 }
@@ -645,6 +660,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("vp9"), "{e}");
+        let e = load_str("[video]\ncamera-h264 = \"transcode\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("transcode"), "{e}");
+        // unwrap: a valid value
+        let c = load_str("", &[("CAMPEER__VIDEO__CAMERA_H264", "re-encode")]).unwrap();
+        assert_eq!(c.video.camera_h264, CameraH264::ReEncode);
     }
 
     #[test]

@@ -5,41 +5,9 @@
 
 mod common;
 
-use campeer::media::h264::SpsProfile;
 use common::Campeer;
-use common::rtc_viewer::{RtcViewer, assert_smpte_bars};
+use common::rtc_viewer::{RtcViewer, answered_h264, assert_smpte_bars};
 use std::time::{Duration, Instant};
-
-/// The H.264 `profile-level-id` of an answer.
-fn answered_h264(answer: &str) -> SpsProfile {
-    let id = answer
-        .lines()
-        .filter_map(|l| l.strip_prefix("a=fmtp:"))
-        .flat_map(|l| l.split(';'))
-        .find_map(|p| {
-            p.trim()
-                .split_once("profile-level-id=")
-                .map(|(_, v)| v.trim())
-        })
-        .unwrap_or_else(|| panic!("no profile-level-id in the answer:\n{answer}"));
-    SpsProfile::from_profile_level_id(id).expect("six hex digits")
-}
-
-/// Wait until the viewer has the answer and an SPS (or a refusal).
-async fn wait_answer_and_sps(viewer: &RtcViewer) -> (String, SpsProfile) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        {
-            let r = viewer.received.lock().unwrap();
-            assert!(r.refused.is_none(), "refused: {:?}", r.refused);
-            if let (Some(a), Some(s)) = (&r.answer, &r.sps) {
-                return (a.clone(), SpsProfile::parse(s).expect("an SPS"));
-            }
-        }
-        assert!(Instant::now() < deadline, "no answer and SPS within 20 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn camera(video: &str, env: &[(&str, &str)]) -> Campeer {
     let mut all = vec![("CAMPEER__VIDEO__ENCODER", "x264enc")];
@@ -71,7 +39,7 @@ async fn the_answer_states_the_level_the_stream_has() {
             ],
         );
         let viewer = RtcViewer::connect(&cam.room_url()).await;
-        let (answer, sps) = wait_answer_and_sps(&viewer).await;
+        let (answer, sps) = viewer.wait_answer_and_sps().await;
         let said = answered_h264(&answer);
         eprintln!(
             "{w}x{h}@{fps}: SPS {} ({sps}), answer profile-level-id {}",
@@ -121,7 +89,7 @@ async fn h264_from_the_source_is_passed_through_with_its_profile() {
     // encoder inside the description.
     let asked = Instant::now();
     let viewer = RtcViewer::connect_offering(&url, &["42e01f", "640032"]).await;
-    let (answer, sps) = wait_answer_and_sps(&viewer).await;
+    let (answer, sps) = viewer.wait_answer_and_sps().await;
     let said = answered_h264(&answer);
     eprintln!(
         "passthrough: SPS {} ({sps}), answer {}",

@@ -219,7 +219,7 @@ pub fn level_for(width: u32, height: u32, fps: u32) -> u8 {
 }
 
 /// The level as v4l2h264enc's `h264_level` control value (V4L2_MPEG_VIDEO_H264_LEVEL_*).
-fn v4l2_level(level_idc: u8) -> u8 {
+pub fn v4l2_level(level_idc: u8) -> u8 {
     match level_idc {
         10 => 0,
         11 => 2,

@@ -81,6 +81,9 @@ pub struct MediaSettings {
     pub audio_bitrate_kbps: u32,
     /// A second, VP8 encode for viewers that cannot decode H.264 (started on demand).
     pub vp8_fallback: bool,
+    /// Pass a V4L2 camera's own H.264 through when it has it (see
+    /// [`source::prefers_own_h264`]); else it is decoded like any other format.
+    pub camera_h264: bool,
 }
 
 /// Counters read by `/metrics` and `/healthz`.
@@ -193,8 +196,9 @@ pub struct MediaPipeline {
     pub encoder: EncoderKind,
     /// The resolved video source.
     pub source: VideoSource,
-    /// Configured width, height and rate: what a V4L2 camera's format is chosen for.
-    capture: (u32, u32, u32),
+    /// Configured size, rate, bitrate and GOP (the size and rate are what a V4L2 camera's
+    /// format is chosen for).
+    encode: EncodeSettings,
     /// The VP8 branch, when the fallback is on.
     pub vp8: Option<Vp8Branch>,
     /// Keyframe requests.
@@ -242,10 +246,16 @@ pub fn describe(settings: &MediaSettings, kind: EncoderKind) -> (String, Option<
     let s = &settings.encode;
     let queue = "queue max-size-buffers=2 max-size-time=0 max-size-bytes=0 leaky=downstream";
     let sink = "appsink name=video sync=false max-buffers=8 drop=true";
-    if let (EncoderKind::Passthrough, VideoSource::Pipeline(desc)) = (kind, &settings.video) {
+    if kind == EncoderKind::Passthrough {
         // Already H.264: no leaky queue (a dropped access unit breaks every frame up to the
         // next keyframe; the sink drops whole frames when nobody takes them) and no VP8.
-        let video = format!("{desc} ! {} ! {sink}", encoder::launch_fragment(kind, s));
+        let head = match &settings.video {
+            VideoSource::V4l2(dev) => source::v4l2_h264_launch(dev, s),
+            VideoSource::Pipeline(desc) => desc.clone(),
+            // Only those two sources are passed through (MediaPipeline::build).
+            other => source::video_launch(other, s.width, s.height, s.framerate),
+        };
+        let video = format!("{head} ! {} ! {sink}", encoder::launch_fragment(kind, s));
         return (video, audio_desc(settings));
     }
     let h264 = format!("{queue} ! {} ! {sink}", encoder::launch_fragment(kind, s));
@@ -360,16 +370,88 @@ fn link_camera_decoder(pipeline: &gst::Pipeline) {
     });
 }
 
+/// V4L2_CID_MPEG_VIDEO_FORCE_KEY_FRAME: a button asking a camera's encoder for an IDR now.
+const V4L2_CID_FORCE_KEY_FRAME: u32 = 0x0099_0900 + 229;
+/// V4L2_CID_MPEG_VIDEO_BITRATE, bit/s.
+const V4L2_CID_BITRATE: u32 = 0x0099_0900 + 207;
+
+/// Set one of a camera's codec controls through a second handle on the device (controls are
+/// the device's, whichever handle sets them; v4l2src keeps its own for streaming).
+fn set_camera_control(
+    dev: &std::path::Path,
+    id: u32,
+    value: v4l::control::Value,
+) -> std::io::Result<()> {
+    v4l::Device::with_path(dev)?.set_control(v4l::control::Control { id, value })
+}
+
+/// Keyframe requests reach a camera whose H.264 is passed through: v4l2src ignores the
+/// upstream force-key-unit event, so the probe on its source pad presses the camera's
+/// force-key-frame control instead. A camera without one sends its periodic keyframes only
+/// (the interval asked through `extra-controls`, or its own); that is logged once.
+fn camera_keyframes_on_request(pipeline: &gst::Pipeline, dev: &std::path::Path) {
+    let Some(pad) = pipeline.by_name("camsrc").and_then(|s| s.static_pad("src")) else {
+        return;
+    };
+    let dev = dev.to_owned();
+    let unsupported = std::sync::atomic::AtomicBool::new(false);
+    pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
+        let Some(gst::PadProbeData::Event(ev)) = &info.data else {
+            return gst::PadProbeReturn::Ok;
+        };
+        if gstreamer_video::UpstreamForceKeyUnitEvent::parse(ev).is_err()
+            || unsupported.load(Ordering::Relaxed)
+        {
+            return gst::PadProbeReturn::Ok;
+        }
+        // One ioctl, at most about once a second (KeyframeRequester throttles).
+        match set_camera_control(&dev, V4L2_CID_FORCE_KEY_FRAME, v4l::control::Value::None) {
+            Ok(()) => tracing::debug!(device = %dev.display(), "camera asked for a keyframe"),
+            Err(e) => {
+                unsupported.store(true, Ordering::Relaxed);
+                tracing::info!(
+                    device = %dev.display(),
+                    error = %e,
+                    "the camera cannot be asked for a keyframe: new viewers wait for its next periodic one"
+                );
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
 impl MediaPipeline {
     /// Build the pipeline (not yet playing).
     pub fn build(settings: &MediaSettings) -> Result<MediaPipeline, PipelineError> {
         init()?;
         let mut settings = settings.clone();
-        let passthrough = matches!(&settings.video, VideoSource::Pipeline(d) if ends_in_h264(d));
+        settings.video = source::resolve_auto(settings.video);
+        let (width, height, fps) = (
+            settings.encode.width,
+            settings.encode.height,
+            settings.encode.framerate,
+        );
+        let passthrough = match &settings.video {
+            VideoSource::Pipeline(d) => ends_in_h264(d),
+            // Decided once, from what the camera lists now: a camera that is missing or busy
+            // at start-up is decoded (its H.264 too, should it turn out to have it).
+            VideoSource::V4l2(dev) if settings.camera_h264 => {
+                let own = source::prefers_own_h264(dev, width, height, fps);
+                if own {
+                    tracing::info!(
+                        device = %dev.display(),
+                        "the camera sends H.264 itself: passed through as it is, not encoded again"
+                    );
+                }
+                own
+            }
+            _ => false,
+        };
         let kind = if passthrough {
             if settings.vp8_fallback {
                 tracing::info!(
-                    "the pipeline: source sends H.264 itself: passed through as it is, no VP8 fallback (browsers need its profile)"
+                    source = %settings.video,
+                    "the source sends H.264 itself: passed through as it is, no VP8 fallback (browsers need its profile)"
                 );
                 settings.vp8_fallback = false;
             }
@@ -384,7 +466,6 @@ impl MediaPipeline {
             );
             settings.vp8_fallback = false;
         }
-        settings.video = source::resolve_auto(settings.video);
         let (video_desc, audio_desc) = describe(&settings, kind);
         tracing::debug!(pipeline = %video_desc, "video pipeline");
         let desc = match &audio_desc {
@@ -402,6 +483,9 @@ impl MediaPipeline {
                 message: "not a pipeline".into(),
             })?;
         link_camera_decoder(&pipeline);
+        if let (EncoderKind::Passthrough, VideoSource::V4l2(dev)) = (kind, &settings.video) {
+            camera_keyframes_on_request(&pipeline, dev);
+        }
         let stats = Arc::new(MediaStats::default());
         let (video_tx, _) = broadcast::channel(VIDEO_QUEUE);
         let (audio_tx, _) = broadcast::channel(AUDIO_QUEUE);
@@ -465,11 +549,7 @@ impl MediaPipeline {
             audio: audio_tx,
             has_audio,
             encoder: kind,
-            capture: (
-                settings.encode.width,
-                settings.encode.height,
-                settings.encode.framerate,
-            ),
+            encode: settings.encode,
             source: settings.video,
             keyframes,
             stats,
@@ -509,13 +589,22 @@ impl MediaPipeline {
     }
 
     /// A V4L2 camera's capture format, read from the device now (see
-    /// [`source::choose_v4l2_format`]); GStreamer's own negotiation when it cannot be read.
-    fn choose_camera_format(&self, dev: &std::path::Path) {
+    /// [`source::choose_v4l2_format`]); GStreamer's own negotiation when it cannot be read. A
+    /// camera whose H.264 is passed through must still list H.264: if it was replaced by one
+    /// that does not, starting fails with a message saying so (and is retried, in case the
+    /// first camera comes back).
+    fn choose_camera_format(&self, dev: &std::path::Path) -> Result<(), PipelineError> {
         let Some(filter) = self.pipeline.by_name("camcaps") else {
-            return;
+            return Ok(());
         };
-        let (width, height, fps) = self.capture;
-        let caps = match source::v4l2_choice(dev, width, height, fps) {
+        let (width, height, fps) = (self.encode.width, self.encode.height, self.encode.framerate);
+        let own_h264 = self.encoder == EncoderKind::Passthrough;
+        let using = if own_h264 {
+            source::FormatUse::H264
+        } else {
+            source::FormatUse::Decode
+        };
+        let caps = match source::v4l2_choice(dev, width, height, fps, using) {
             Some(c) => match c.caps().parse::<gst::Caps>() {
                 Ok(caps) => {
                     tracing::info!(
@@ -533,12 +622,20 @@ impl MediaPipeline {
                     gst::Caps::new_any()
                 }
             },
+            None if own_h264 && crate::devices::describe_camera(dev).is_some() => {
+                return Err(PipelineError::Start(format!(
+                    "{} no longer offers H.264 (another camera was plugged in there?); \
+                     restart campeer to encode what it offers",
+                    dev.display()
+                )));
+            }
             None => {
                 tracing::debug!(device = %dev.display(), "camera formats not readable now");
                 gst::Caps::new_any()
             }
         };
         filter.set_property("caps", &caps);
+        Ok(())
     }
 
     /// Set the pipeline playing; waits (up to `timeout`) for the state change and reports a
@@ -549,7 +646,7 @@ impl MediaPipeline {
             *sps = None;
         }
         if let VideoSource::V4l2(dev) = &self.source {
-            self.choose_camera_format(dev);
+            self.choose_camera_format(dev)?;
         }
         self.pipeline
             .set_state(gst::State::Playing)
@@ -601,10 +698,37 @@ impl MediaPipeline {
     /// Change the video bitrate while running.
     pub fn set_bitrate(&self, kbps: u32) {
         if self.encoder == EncoderKind::Passthrough {
-            tracing::warn!(
-                kbps,
-                "video.bitrate-kbps does not apply: the pipeline: source sends H.264 itself"
-            );
+            let VideoSource::V4l2(dev) = &self.source else {
+                tracing::warn!(
+                    kbps,
+                    "video.bitrate-kbps does not apply: the pipeline: source sends H.264 itself"
+                );
+                return;
+            };
+            // The next start asks for it too; a running camera is asked now.
+            if let Some(src) = self.pipeline.by_name("camsrc") {
+                let settings = EncodeSettings {
+                    bitrate_kbps: kbps,
+                    ..self.encode
+                };
+                if let Ok(controls) =
+                    source::camera_h264_controls(&settings).parse::<gst::Structure>()
+                {
+                    src.set_property("extra-controls", &controls);
+                }
+            }
+            let bps = i64::from(kbps) * 1000;
+            match set_camera_control(dev, V4L2_CID_BITRATE, v4l::control::Value::Integer(bps)) {
+                Ok(()) => {
+                    tracing::info!(kbps, device = %dev.display(), "camera's video bitrate changed")
+                }
+                Err(e) => tracing::warn!(
+                    kbps,
+                    device = %dev.display(),
+                    error = %e,
+                    "the camera's H.264 bitrate cannot be changed (it has no bitrate control)"
+                ),
+            }
             return;
         }
         if let Some(vp8) = self.pipeline.by_name("vp8enc") {

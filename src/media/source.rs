@@ -198,15 +198,42 @@ impl V4l2Choice {
     }
 }
 
+/// Which of a camera's formats the pipeline can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormatUse {
+    /// Raw and MJPEG, decoded and encoded by campeer; a camera's own H.264 only when it has
+    /// nothing else at the size and rate (decoded too).
+    Decode,
+    /// The camera's own H.264, passed through as it is.
+    H264,
+    /// Every format, the camera's H.264 first: what decides, at start-up, whether a camera's
+    /// H.264 is passed through (see [`prefers_own_h264`]).
+    PreferH264,
+}
+
 /// The capture format for the V4L2 camera at `dev`, read from the device now; `None` when it
 /// cannot be read (missing, busy, a loopback device without a writer) or lists nothing campeer
 /// can capture.
-pub fn v4l2_choice(dev: &Path, width: u32, height: u32, fps: u32) -> Option<V4l2Choice> {
+pub fn v4l2_choice(
+    dev: &Path,
+    width: u32,
+    height: u32,
+    fps: u32,
+    using: FormatUse,
+) -> Option<V4l2Choice> {
     let cam = crate::devices::describe_camera(dev)?;
-    choose_v4l2_format(&cam.formats, width, height, fps)
+    choose_v4l2_format(&cam.formats, width, height, fps, using)
 }
 
-/// The GStreamer caps of a V4L2 FourCC campeer can capture, without decoding anything but JPEG.
+/// True when the camera at `dev` sends H.264 itself at a size and rate as close to the
+/// configured ones as any of its other formats: its stream is then passed through as it is (no
+/// decode, no encode: a board's encoder stays free, the CPU idle). A camera that gives H.264
+/// only at another size, or more slowly, is decoded and encoded instead.
+pub fn prefers_own_h264(dev: &Path, width: u32, height: u32, fps: u32) -> bool {
+    v4l2_choice(dev, width, height, fps, FormatUse::PreferH264).is_some_and(|c| c.is_h264())
+}
+
+/// The GStreamer caps of a V4L2 FourCC campeer can capture.
 fn v4l2_media(fourcc: &str) -> Option<&'static str> {
     Some(match fourcc {
         "YUYV" => "video/x-raw,format=YUY2",
@@ -219,30 +246,64 @@ fn v4l2_media(fourcc: &str) -> Option<&'static str> {
         "BGR3" => "video/x-raw,format=BGR",
         "GREY" => "video/x-raw,format=GRAY8",
         "MJPG" | "JPEG" => "image/jpeg",
+        "H264" => H264_MEDIA,
         _ => return None,
     })
+}
+
+const H264_MEDIA: &str = "video/x-h264,stream-format=byte-stream";
+
+impl V4l2Choice {
+    /// True when this is the camera's own H.264.
+    pub fn is_h264(&self) -> bool {
+        self.media == H264_MEDIA
+    }
+}
+
+/// How much a format is wanted at equal size and rate; `None`: not at all.
+fn format_rank(media: &str, using: FormatUse) -> Option<u8> {
+    // Colour raw needs no decode; MJPEG a cheap one; greyscale loses the colour; the camera's
+    // H.264 costs a decode and an encode, unless it is passed through.
+    let decoded = match media {
+        H264_MEDIA => 0,
+        "video/x-raw,format=GRAY8" => 1,
+        "image/jpeg" => 2,
+        _ => 3,
+    };
+    match (using, media == H264_MEDIA) {
+        (FormatUse::H264, true) => Some(0),
+        (FormatUse::H264, false) => None,
+        (FormatUse::Decode, _) => Some(decoded),
+        (FormatUse::PreferH264, true) => Some(4),
+        (FormatUse::PreferH264, false) => Some(decoded),
+    }
 }
 
 /// Pick a camera's capture format for the configured size and rate, among what it lists:
 /// 1. a size at least as large as configured (the smallest such), else the largest;
 /// 2. at that, a format that reaches the rate (80 % of it counts: 25 fps for 30 is fine),
 ///    since USB cameras often give raw frames at full size only at a few fps, and MJPEG at 30;
-/// 3. then raw formats before MJPEG (no decode), in the driver's order. MJPEG is decoded by
-///    decodebin3's highest-ranked JPEG decoder (a hardware one where the board registers it).
+/// 3. then by format ([`FormatUse`]): for decoding, colour raw (no decode), MJPEG, greyscale,
+///    the camera's H.264, in that order, then the driver's order. MJPEG and H.264 are decoded
+///    by decodebin3's highest-ranked decoder (a hardware one where the board registers it).
 ///
-/// H.264 from the camera is not passed through yet; a camera that lists only formats campeer
-/// cannot capture gets `None` (GStreamer's own negotiation then).
+/// A camera that lists only formats campeer cannot capture gets `None` (GStreamer's own
+/// negotiation then).
 pub fn choose_v4l2_format(
     formats: &[crate::devices::Format],
     width: u32,
     height: u32,
     fps: u32,
+    using: FormatUse,
 ) -> Option<V4l2Choice> {
     let want_area = u64::from(width) * u64::from(height);
     let want_fps = f64::from(fps);
-    let mut best: Option<((bool, bool, i64, bool), V4l2Choice)> = None;
+    let mut best: Option<((bool, bool, i64, u8), V4l2Choice)> = None;
     for f in formats {
         let Some(media) = v4l2_media(&f.fourcc) else {
+            continue;
+        };
+        let Some(rank) = format_rank(media, using) else {
             continue;
         };
         for s in &f.sizes {
@@ -263,12 +324,7 @@ pub fn choose_v4l2_format(
             } else {
                 area as i64
             };
-            let key = (
-                covers,
-                rate >= 0.8 * want_fps,
-                closeness,
-                media != "image/jpeg",
-            );
+            let key = (covers, rate >= 0.8 * want_fps, closeness, rank);
             if best.as_ref().is_none_or(|(k, _)| key > *k) {
                 let choice = V4l2Choice {
                     fourcc: f.fourcc.clone(),
@@ -282,6 +338,31 @@ pub fn choose_v4l2_format(
         }
     }
     best.map(|(_, c)| c)
+}
+
+/// The head of a pipeline passing a V4L2 camera's own H.264 through, up to its caps filter
+/// (`camcaps`, set at every start). The camera's encoder is asked, through the V4L2 codec
+/// controls it has (those it lacks are skipped), for the configured bitrate and keyframe
+/// interval, SPS/PPS before every IDR, and constrained baseline at the level for the size and
+/// rate, as campeer's own encoders give; whatever it sends, answers announce its SPS.
+pub fn v4l2_h264_launch(dev: &Path, s: &super::encoder::EncodeSettings) -> String {
+    format!(
+        "v4l2src name=camsrc device=\"{}\" io-mode=mmap extra-controls=\"{}\" ! capsfilter name=camcaps",
+        dev.display(),
+        camera_h264_controls(s)
+    )
+}
+
+/// The `extra-controls` structure for a camera's own H.264 encoder (names as v4l2src derives
+/// them from the driver's control names, the same ones as the Pi's v4l2h264enc).
+pub fn camera_h264_controls(s: &super::encoder::EncodeSettings) -> String {
+    let level = super::encoder::level_for(s.width, s.height, s.framerate);
+    format!(
+        "controls,video_bitrate={},h264_i_frame_period={},repeat_sequence_header=1,h264_profile=1,h264_level={}",
+        u64::from(s.bitrate_kbps) * 1000,
+        s.gop.max(1),
+        super::encoder::v4l2_level(level)
+    )
 }
 
 /// The head of the video pipeline: `source ! ... ! video/x-raw,format=I420,width,height,framerate`.
@@ -428,12 +509,12 @@ mod tests {
 
     #[test]
     fn uvc_camera_gets_raw_when_it_keeps_the_rate_else_mjpeg() {
-        let c = choose_v4l2_format(&uvc(), 640, 480, 30).unwrap(); // listed above
+        let c = choose_v4l2_format(&uvc(), 640, 480, 30, FormatUse::Decode).unwrap(); // listed above
         assert_eq!(
             (c.fourcc.as_str(), c.width, c.height, c.fps),
             ("YUYV", 640, 480, 30.0)
         );
-        let c = choose_v4l2_format(&uvc(), 1280, 720, 30).unwrap(); // listed above
+        let c = choose_v4l2_format(&uvc(), 1280, 720, 30, FormatUse::Decode).unwrap(); // listed above
         assert_eq!(
             (c.fourcc.as_str(), c.width, c.height, c.fps),
             ("MJPG", 1280, 720, 30.0)
@@ -443,7 +524,7 @@ mod tests {
             "image/jpeg,width=1280,height=720,framerate=(fraction)[29990/1000,30010/1000]"
         );
         // 15 fps asked: raw 640x480 has exactly 15; 720p raw (10 fps) is too slow.
-        let c = choose_v4l2_format(&uvc(), 640, 480, 15).unwrap(); // listed above
+        let c = choose_v4l2_format(&uvc(), 640, 480, 15, FormatUse::Decode).unwrap(); // listed above
         assert_eq!((c.fourcc.as_str(), c.fps), ("YUYV", 15.0));
     }
 
@@ -459,28 +540,96 @@ mod tests {
                 (3840, 2160, &[30.0]),
             ],
         )];
-        let c = choose_v4l2_format(&vivid, 640, 480, 30).unwrap(); // listed above
+        let c = choose_v4l2_format(&vivid, 640, 480, 30, FormatUse::Decode).unwrap(); // listed above
         assert_eq!((c.width, c.height, c.fps), (640, 480, 25.0));
         assert_eq!(
             c.caps(),
             "video/x-raw,format=YUY2,width=640,height=480,framerate=(fraction)[24990/1000,25010/1000]"
         );
-        let c = choose_v4l2_format(&vivid, 1920, 1080, 30).unwrap(); // listed above
+        let c = choose_v4l2_format(&vivid, 1920, 1080, 30, FormatUse::Decode).unwrap(); // listed above
         assert_eq!((c.width, c.height), (3840, 2160));
-        let c = choose_v4l2_format(&vivid, 7680, 4320, 30).unwrap(); // larger than any
+        let c = choose_v4l2_format(&vivid, 7680, 4320, 30, FormatUse::Decode).unwrap(); // larger than any
         assert_eq!((c.width, c.height), (3840, 2160));
         // NTSC-style rates keep their exact fraction inside the range.
         let ntsc = vec![fmt("NV12", &[(1280, 720, &[29.97])])];
-        let c = choose_v4l2_format(&ntsc, 1280, 720, 30).unwrap(); // listed above
+        let c = choose_v4l2_format(&ntsc, 1280, 720, 30, FormatUse::Decode).unwrap(); // listed above
         assert!(c.caps().contains("[29960/1000,29980/1000]"));
     }
 
     #[test]
+    fn greyscale_only_when_nothing_in_colour_fits() {
+        let ir = vec![
+            fmt("GREY", &[(640, 480, &[30.0])]),
+            fmt("MJPG", &[(640, 480, &[30.0])]),
+        ];
+        let c = choose_v4l2_format(&ir, 640, 480, 30, FormatUse::Decode).unwrap(); // listed
+        assert_eq!(c.fourcc, "MJPG");
+        let c = choose_v4l2_format(&ir[..1], 640, 480, 30, FormatUse::Decode).unwrap(); // listed
+        assert_eq!(c.fourcc, "GREY");
+    }
+
+    #[test]
     fn nothing_capturable_gives_none() {
-        assert_eq!(choose_v4l2_format(&[], 640, 480, 30), None);
+        assert_eq!(
+            choose_v4l2_format(&[], 640, 480, 30, FormatUse::Decode),
+            None
+        );
+        let mjpeg_only = vec![fmt("MJPG", &[(1920, 1080, &[30.0])])];
+        assert_eq!(
+            choose_v4l2_format(&mjpeg_only, 1920, 1080, 30, FormatUse::H264),
+            None
+        );
         let h264_only = vec![fmt("H264", &[(1920, 1080, &[30.0])])];
-        assert_eq!(choose_v4l2_format(&h264_only, 1920, 1080, 30), None);
+        assert!(choose_v4l2_format(&h264_only, 1920, 1080, 30, FormatUse::Decode).is_some());
         let no_rates = vec![fmt("YUYV", &[(640, 480, &[])])];
-        assert_eq!(choose_v4l2_format(&no_rates, 640, 480, 30), None);
+        assert_eq!(
+            choose_v4l2_format(&no_rates, 640, 480, 30, FormatUse::Decode),
+            None
+        );
+    }
+
+    #[test]
+    fn own_h264_is_passed_through_only_where_it_is_as_good_a_fit() {
+        let pick = |w, h, using| {
+            let c = choose_v4l2_format(&uvc(), w, h, 30, using).unwrap(); // uvc() lists these
+            (c.fourcc, c.width, c.height)
+        };
+        // 1080p30: the camera's H.264 matches as well as MJPEG does, and needs no encode.
+        assert_eq!(
+            pick(1920, 1080, FormatUse::PreferH264),
+            ("H264".into(), 1920, 1080)
+        );
+        // 720p30: its H.264 comes only at 1080p, a worse fit than MJPEG at 720p.
+        assert_eq!(
+            pick(1280, 720, FormatUse::PreferH264),
+            ("MJPG".into(), 1280, 720)
+        );
+        // Decoding, the camera's H.264 comes last; passing through, nothing else counts.
+        assert_eq!(
+            pick(1920, 1080, FormatUse::Decode),
+            ("MJPG".into(), 1920, 1080)
+        );
+        assert_eq!(pick(640, 480, FormatUse::H264), ("H264".into(), 1920, 1080));
+        let c = choose_v4l2_format(&uvc(), 1920, 1080, 30, FormatUse::H264).unwrap(); // listed
+        assert!(c.is_h264());
+        assert_eq!(
+            c.caps(),
+            "video/x-h264,stream-format=byte-stream,width=1920,height=1080,framerate=(fraction)[29990/1000,30010/1000]"
+        );
+    }
+
+    #[test]
+    fn camera_encoder_controls_follow_the_settings() {
+        let s = crate::media::encoder::EncodeSettings {
+            width: 1280,
+            height: 720,
+            framerate: 30,
+            bitrate_kbps: 2000,
+            gop: 60,
+        };
+        assert_eq!(
+            camera_h264_controls(&s),
+            "controls,video_bitrate=2000000,h264_i_frame_period=60,repeat_sequence_header=1,h264_profile=1,h264_level=9"
+        );
     }
 }

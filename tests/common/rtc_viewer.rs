@@ -4,6 +4,7 @@
 //! (rtph264depay ! openh264dec, rtpopusdepay ! opusdec), so tests look at the pictures and the
 //! sound a viewer gets.
 
+use campeer::media::h264::SpsProfile;
 use futures_util::{SinkExt, StreamExt};
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -23,6 +24,21 @@ use webrtc::peer_connection::{
     RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceGatheringState, RTCPeerConnectionState,
     RTCSessionDescription, SettingEngineBuilder, register_default_interceptors,
 };
+
+/// The H.264 `profile-level-id` of an answer.
+pub fn answered_h264(answer: &str) -> SpsProfile {
+    let id = answer
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=fmtp:"))
+        .flat_map(|l| l.split(';'))
+        .find_map(|p| {
+            p.trim()
+                .split_once("profile-level-id=")
+                .map(|(_, v)| v.trim())
+        })
+        .unwrap_or_else(|| panic!("no profile-level-id in the answer:\n{answer}"));
+    SpsProfile::from_profile_level_id(id).expect("six hex digits")
+}
 
 /// The last decoded picture (RGB, tightly packed).
 #[derive(Clone, Debug, Default)]
@@ -425,6 +441,22 @@ impl RtcViewer {
             pc,
             ws_task,
             pipelines,
+        }
+    }
+
+    /// Wait until the viewer has the answer and an SPS (or a refusal).
+    pub async fn wait_answer_and_sps(&self) -> (String, SpsProfile) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            {
+                let r = self.received.lock().expect("received lock");
+                assert!(r.refused.is_none(), "refused: {:?}", r.refused);
+                if let (Some(a), Some(s)) = (&r.answer, &r.sps) {
+                    return (a.clone(), SpsProfile::parse(s).expect("an SPS"));
+                }
+            }
+            assert!(Instant::now() < deadline, "no answer and SPS within 20 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
