@@ -40,7 +40,7 @@ fn setup(
         },
         audio_bitrate_kbps: 64,
         vp8_fallback,
-        camera_h264: true,
+        camera_h264: campeer::media::source::CameraH264::Auto,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

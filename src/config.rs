@@ -154,17 +154,7 @@ pub struct VideoConfig {
     pub camera_h264: CameraH264,
 }
 
-/// `video.camera-h264`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CameraH264 {
-    /// Sent to viewers as the camera encoded it, when it fits the configured size and rate
-    /// as well as the camera's other formats do.
-    PassThrough,
-    /// Treated like MJPEG or raw: decoded, and encoded by campeer's encoder (last choice among
-    /// the camera's formats).
-    ReEncode,
-}
+pub use crate::media::source::CameraH264;
 
 /// `video.fallback`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -187,7 +177,7 @@ impl Default for VideoConfig {
             keyframe_interval: Duration::from_secs(2),
             encoder: "auto".into(),
             fallback: Fallback::Vp8,
-            camera_h264: CameraH264::PassThrough,
+            camera_h264: CameraH264::Auto,
         }
     }
 }

@@ -335,7 +335,7 @@ fn media_settings(config: &Config) -> Result<MediaSettings, PipelineError> {
         },
         audio_bitrate_kbps: config.audio.bitrate_kbps,
         vp8_fallback: config.video.fallback == crate::config::Fallback::Vp8,
-        camera_h264: config.video.camera_h264 == crate::config::CameraH264::PassThrough,
+        camera_h264: config.video.camera_h264,
     })
 }
 

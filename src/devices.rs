@@ -84,6 +84,23 @@ fn fps_of(f: v4l::Fraction) -> Option<f64> {
 
 /// Describe one V4L2 device; `None` when it is not a capture device or cannot be opened.
 pub fn describe_camera(path: &Path) -> Option<Camera> {
+    describe_camera_for(path, None)
+}
+
+/// The size in a stepwise range nearest `want` from above (the range's largest when `want` is
+/// larger), on the range's step grid.
+fn fit_in_range(want: u32, min: u32, max: u32, step: u32) -> u32 {
+    let step = step.max(1);
+    let w = want.clamp(min, max);
+    let up = min + (w - min).div_ceil(step) * step;
+    up.min(max)
+}
+
+/// [`describe_camera`], with the size a camera is wanted at: a format whose sizes are a
+/// stepwise range (the Pi's legacy camera, vivid, the loopback) lists, besides the range's
+/// extremes, the size in the range nearest `want` (from above), so that a capture format can
+/// be chosen at that size rather than the sensor's full one.
+pub fn describe_camera_for(path: &Path, want: Option<(u32, u32)>) -> Option<Camera> {
     let dev = v4l::Device::with_path(path).ok()?;
     let caps = dev.query_caps().ok()?;
     if !caps
@@ -101,9 +118,19 @@ pub fn describe_camera(path: &Path) -> Option<Camera> {
         for fs in Capture::enum_framesizes(&dev, desc.fourcc).unwrap_or_default() {
             let discrete: Vec<(u32, u32)> = match fs.size {
                 FrameSizeEnum::Discrete(d) => vec![(d.width, d.height)],
-                // Stepwise ranges (vivid, loopback): report the extremes.
+                // Stepwise ranges (vivid, loopback): report the extremes, and the wanted size.
                 FrameSizeEnum::Stepwise(s) => {
-                    vec![(s.min_width, s.min_height), (s.max_width, s.max_height)]
+                    let mut sizes = vec![(s.min_width, s.min_height), (s.max_width, s.max_height)];
+                    if let Some((w, h)) = want {
+                        let fit = (
+                            fit_in_range(w, s.min_width, s.max_width, s.step_width),
+                            fit_in_range(h, s.min_height, s.max_height, s.step_height),
+                        );
+                        if !sizes.contains(&fit) {
+                            sizes.insert(1, fit);
+                        }
+                    }
+                    sizes
                 }
             };
             for (w, h) in discrete {
@@ -247,4 +274,17 @@ pub fn render(inv: &Inventory) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wanted_size_fits_a_stepwise_range() {
+        // The Pi's bcm2835 legacy camera: 32..2592 x 32..1944, step 2.
+        assert_eq!(super::fit_in_range(1280, 32, 2592, 2), 1280);
+        assert_eq!(super::fit_in_range(1281, 32, 2592, 2), 1282);
+        assert_eq!(super::fit_in_range(4000, 32, 2592, 2), 2592);
+        assert_eq!(super::fit_in_range(16, 32, 2592, 16), 32);
+        assert_eq!(super::fit_in_range(100, 32, 2592, 0), 100);
+    }
 }

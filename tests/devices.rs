@@ -15,18 +15,14 @@
 mod common;
 
 use common::Campeer;
+use common::loopback::EncodedWriter;
 use common::rtc_viewer::{RtcViewer, answered_h264, assert_smpte_bars};
-use gstreamer as gst;
-use gstreamer::prelude::*;
-use gstreamer_app as gst_app;
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-const LOOPBACK: &str = "/dev/video10";
+use common::loopback::LOOPBACK;
 
 fn require_devices() {
     assert!(
@@ -91,112 +87,6 @@ fn loopback_writer() -> Gst {
     writer
 }
 
-/// The loopback camera sending a compressed format, one encoded frame per V4L2 buffer, as a
-/// camera with its own encoder does: SMPTE bars at 320x240 and 15 fps, encoded by `encode` (a
-/// gst-launch fragment), under the FourCC `fourcc`.
-///
-/// GStreamer's v4l2sink cannot set v4l2loopback 0.12 up for compressed formats, so this thread
-/// writes the frames itself. With `write()`, not mmap: v4l2loopback 0.12's output DQBUF hands
-/// back the buffer just queued, so an mmap writer overwrites the frame the reader is reading
-/// (invisible with raw video, fatal to H.264). STREAMON first makes this handle the writer, so
-/// that closing it turns the device back into an output device for the next writer.
-struct EncodedWriter {
-    /// The first H.264 SPS NAL unit written, if the format is H.264.
-    sps: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl EncodedWriter {
-    fn start(fourcc: &'static [u8; 4], encode: &str) -> EncodedWriter {
-        use v4l::video::Output;
-        gst::init().expect("gstreamer init");
-        let pipeline = gst::parse::launch(&format!(
-            "videotestsrc is-live=true pattern=smpte ! \
-             video/x-raw,format=I420,width=320,height=240,framerate=15/1 ! {encode} ! \
-             appsink name=out sync=false max-buffers=30"
-        ))
-        .expect("writer pipeline")
-        .downcast::<gst::Pipeline>()
-        .expect("a pipeline");
-        let sink = pipeline
-            .by_name("out")
-            .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
-            .expect("appsink out");
-        let dev = v4l::Device::with_path(LOOPBACK).expect("open the loopback device");
-        let format = v4l::Format::new(320, 240, v4l::FourCC::new(fourcc));
-        let set = Output::set_format(&dev, &format).expect("set the output format");
-        assert_eq!(&set.fourcc.repr, fourcc, "the loopback took {set:?}");
-        Output::set_params(&dev, &v4l::video::output::Parameters::with_fps(15))
-            .expect("set the output rate");
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        let sps = Arc::new(std::sync::Mutex::new(None));
-        let first_sps = sps.clone();
-        pipeline
-            .set_state(gst::State::Playing)
-            .expect("writer plays");
-        let fd = dev.handle().fd();
-        let mut output = v4l::buffer::Type::VideoOutput as std::os::raw::c_int;
-        // SAFETY: VIDIOC_STREAMON takes a pointer to the buffer type, which lives across the call.
-        unsafe {
-            v4l::v4l2::ioctl(
-                fd,
-                v4l::v4l2::vidioc::VIDIOC_STREAMON,
-                &mut output as *mut _ as *mut std::os::raw::c_void,
-            )
-        }
-        .expect("start the output stream");
-        let thread = std::thread::spawn(move || {
-            while !stopped.load(Ordering::Relaxed) {
-                let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_mseconds(200)) else {
-                    continue;
-                };
-                let Some(map) = sample.buffer().and_then(|b| b.map_readable().ok()) else {
-                    continue;
-                };
-                if fourcc == b"H264" {
-                    let nals = campeer::media::h264::nal_units(&map);
-                    let found = nals.into_iter().find(|n| {
-                        campeer::media::h264::nal_type(n) == campeer::media::h264::NAL_SPS
-                    });
-                    if let (Some(nal), Ok(mut kept)) = (found, first_sps.lock()) {
-                        kept.get_or_insert_with(|| nal.to_vec());
-                    }
-                }
-                // SAFETY: writes from a mapped buffer of map.len() bytes; `dev` (the fd's owner)
-                // lives in this thread until the loop ends.
-                let n = unsafe { libc::write(fd, map.as_ptr().cast(), map.len()) };
-                assert_eq!(n, map.len() as isize, "one whole frame per write");
-            }
-            drop(dev);
-            let _ = pipeline.set_state(gst::State::Null);
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while campeer::devices::describe_camera(Path::new(LOOPBACK)).is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "{LOOPBACK} did not become a capture device"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        EncodedWriter {
-            sps,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for EncodedWriter {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// Play a 1 kHz tone into the sound loopback's playback side (campeer records `hw:Loopback,1`).
 fn tone_writer() -> Gst {
     Gst::start(
@@ -206,6 +96,23 @@ fn tone_writer() -> Gst {
 }
 
 fn camera(video: &str, audio: &str, size: (&str, &str, &str)) -> (Campeer, String) {
+    camera_with(video, audio, size, &[])
+}
+
+fn camera_with(
+    video: &str,
+    audio: &str,
+    size: (&str, &str, &str),
+    env: &[(&str, &str)],
+) -> (Campeer, String) {
+    let mut all = vec![
+        ("CAMPEER__VIDEO__WIDTH", size.0),
+        ("CAMPEER__VIDEO__HEIGHT", size.1),
+        ("CAMPEER__VIDEO__FRAMERATE", size.2),
+        // The VM emulates its CPU: the software encoder at its cheapest.
+        ("CAMPEER__VIDEO__BITRATE_KBPS", "800"),
+    ];
+    all.extend_from_slice(env);
     let mut c = Campeer::start(
         &[
             "run",
@@ -216,13 +123,7 @@ fn camera(video: &str, audio: &str, size: (&str, &str, &str)) -> (Campeer, Strin
             "--audio",
             audio,
         ],
-        &[
-            ("CAMPEER__VIDEO__WIDTH", size.0),
-            ("CAMPEER__VIDEO__HEIGHT", size.1),
-            ("CAMPEER__VIDEO__FRAMERATE", size.2),
-            // The VM emulates its CPU: the software encoder at its cheapest.
-            ("CAMPEER__VIDEO__BITRATE_KBPS", "800"),
-        ],
+        &all,
     );
     let url = c.room_url();
     (c, url)
@@ -430,20 +331,21 @@ async fn busy_camera_is_named_and_retried() {
     viewer.close().await;
 }
 
-/// A camera with its own H.264 encoder: campeer sends its stream as it is (no decode, no
-/// encode), and the viewer is told the camera's own profile and level. The SPS the viewer gets
-/// is byte for byte the one the camera wrote (x264's here; the VM's campeer would encode with
-/// openh264, whose SPS differs).
+/// A camera with its own H.264 encoder, with `video.camera-h264 = "pass-through"` (the loopback
+/// has no H.264 profile control, which `auto` wants): campeer sends its stream as it is (no
+/// decode, no encode), and the viewer is told the camera's own profile and level. The SPS the
+/// viewer gets is byte for byte the one the camera wrote (x264's here; the VM's campeer would
+/// encode with openh264, whose SPS differs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn camera_h264_reaches_the_viewer_as_the_camera_encoded_it() {
     require_devices();
-    // Constrained baseline: the test viewer decodes with openh264, which decodes nothing else.
-    let camera_h264 = EncodedWriter::start(
-        b"H264",
-        "x264enc speed-preset=ultrafast tune=zerolatency key-int-max=15 bframes=0 bitrate=300 \
-         ! video/x-h264,profile=constrained-baseline,stream-format=byte-stream,alignment=au",
+    let camera_h264 = EncodedWriter::start(b"H264", common::loopback::X264_CONSTRAINED_BASELINE);
+    let (mut cam, url) = camera_with(
+        &format!("v4l2:{LOOPBACK}"),
+        "none",
+        ("320", "240", "15"),
+        &[("CAMPEER__VIDEO__CAMERA_H264", "pass-through")],
     );
-    let (mut cam, url) = camera(&format!("v4l2:{LOOPBACK}"), "none", ("320", "240", "15"));
     let built = cam.wait_log("media pipeline built", Duration::from_secs(30));
     assert!(built.contains("encoder=passthrough"), "{built}");
     let viewer = RtcViewer::connect(&url).await;
@@ -474,6 +376,46 @@ async fn camera_h264_reaches_the_viewer_as_the_camera_encoded_it() {
     // no force-key-frame control, so campeer says the viewer waits for the camera's own.
     cam.wait_log("cannot be asked for a keyframe", Duration::from_secs(10));
     eprintln!("devices: the camera's own H.264 reached the viewer unchanged");
+    viewer.close().await;
+}
+
+/// By default (`auto`), a camera's H.264 is passed through only if the camera can be asked for
+/// constrained baseline; the loopback cannot, so its H.264 is decoded and encoded again: the
+/// viewer gets campeer's own stream (a different SPS from the camera's), and is told why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn camera_h264_without_a_profile_control_is_encoded_again() {
+    require_devices();
+    let camera_h264 = EncodedWriter::start(b"H264", common::loopback::X264_CONSTRAINED_BASELINE);
+    let (mut cam, url) = camera(&format!("v4l2:{LOOPBACK}"), "none", ("320", "240", "15"));
+    let why = cam.wait_log(
+        "cannot be asked for constrained baseline",
+        Duration::from_secs(30),
+    );
+    assert!(why.contains(LOOPBACK), "{why}");
+    let built = cam.wait_log("media pipeline built", Duration::from_secs(30));
+    assert!(!built.contains("encoder=passthrough"), "{built}");
+    let viewer = RtcViewer::connect(&url).await;
+    let chosen = cam.wait_log("camera format chosen", Duration::from_secs(30));
+    assert!(
+        chosen.contains("H264"),
+        "the camera has nothing else: {chosen}"
+    );
+    let (_, sps) = viewer.wait_answer_and_sps().await;
+    assert_eq!(
+        sps.profile(),
+        Some(campeer::media::h264::Profile::ConstrainedBaseline),
+        "{sps}"
+    );
+    let written = camera_h264.sps.lock().expect("sps lock").clone();
+    let received = viewer.received.lock().expect("received lock").sps.clone();
+    assert_ne!(
+        received, written,
+        "campeer's own encode, not the camera's stream"
+    );
+    let picture = viewer.wait_frames(20, Duration::from_secs(90)).await;
+    assert_eq!((picture.width, picture.height), (320, 240));
+    assert_smpte_bars(&picture);
+    eprintln!("devices: a camera's H.264 without a profile control was decoded and encoded again");
     viewer.close().await;
 }
 

@@ -81,9 +81,8 @@ pub struct MediaSettings {
     pub audio_bitrate_kbps: u32,
     /// A second, VP8 encode for viewers that cannot decode H.264 (started on demand).
     pub vp8_fallback: bool,
-    /// Pass a V4L2 camera's own H.264 through when it has it (see
-    /// [`source::prefers_own_h264`]); else it is decoded like any other format.
-    pub camera_h264: bool,
+    /// What to do with a V4L2 camera's own H.264 (see [`source::CameraH264`]).
+    pub camera_h264: source::CameraH264,
 }
 
 /// Counters read by `/metrics` and `/healthz`.
@@ -199,6 +198,9 @@ pub struct MediaPipeline {
     /// Configured size, rate, bitrate and GOP (the size and rate are what a V4L2 camera's
     /// format is chosen for).
     encode: EncodeSettings,
+    /// The bitrate a camera passing its own H.264 through is asked for at the next start
+    /// (`video.bitrate-kbps`, changed while running by [`MediaPipeline::set_bitrate`]).
+    camera_kbps: std::sync::atomic::AtomicU32,
     /// The VP8 branch, when the fallback is on.
     pub vp8: Option<Vp8Branch>,
     /// Keyframe requests.
@@ -372,6 +374,9 @@ fn link_camera_decoder(pipeline: &gst::Pipeline) {
 
 /// V4L2_CID_MPEG_VIDEO_FORCE_KEY_FRAME: a button asking a camera's encoder for an IDR now.
 const V4L2_CID_FORCE_KEY_FRAME: u32 = 0x0099_0900 + 229;
+/// Linux errno values (the same on every architecture campeer builds for).
+const EINVAL: i32 = 22;
+const ENOTTY: i32 = 25;
 /// V4L2_CID_MPEG_VIDEO_BITRATE, bit/s.
 const V4L2_CID_BITRATE: u32 = 0x0099_0900 + 207;
 
@@ -387,14 +392,17 @@ fn set_camera_control(
 
 /// Keyframe requests reach a camera whose H.264 is passed through: v4l2src ignores the
 /// upstream force-key-unit event, so the probe on its source pad presses the camera's
-/// force-key-frame control instead. A camera without one sends its periodic keyframes only
-/// (the interval asked through `extra-controls`, or its own); that is logged once.
+/// force-key-frame control instead, on a thread of its own (a control can take a round trip to
+/// the camera's firmware; the event's sender, a tokio worker, must not wait for it). A camera
+/// without the control sends its periodic keyframes only (the interval asked through
+/// `extra-controls`, or its own); that is logged once. Other failures (a camera unplugged just
+/// then) are logged and the next request tries again.
 fn camera_keyframes_on_request(pipeline: &gst::Pipeline, dev: &std::path::Path) {
     let Some(pad) = pipeline.by_name("camsrc").and_then(|s| s.static_pad("src")) else {
         return;
     };
     let dev = dev.to_owned();
-    let unsupported = std::sync::atomic::AtomicBool::new(false);
+    let unsupported = Arc::new(std::sync::atomic::AtomicBool::new(false));
     pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
         let Some(gst::PadProbeData::Event(ev)) = &info.data else {
             return gst::PadProbeReturn::Ok;
@@ -404,17 +412,32 @@ fn camera_keyframes_on_request(pipeline: &gst::Pipeline, dev: &std::path::Path) 
         {
             return gst::PadProbeReturn::Ok;
         }
-        // One ioctl, at most about once a second (KeyframeRequester throttles).
-        match set_camera_control(&dev, V4L2_CID_FORCE_KEY_FRAME, v4l::control::Value::None) {
-            Ok(()) => tracing::debug!(device = %dev.display(), "camera asked for a keyframe"),
-            Err(e) => {
-                unsupported.store(true, Ordering::Relaxed);
-                tracing::info!(
-                    device = %dev.display(),
-                    error = %e,
-                    "the camera cannot be asked for a keyframe: new viewers wait for its next periodic one"
-                );
-            }
+        // At most about once a second (KeyframeRequester throttles).
+        let (dev, unsupported) = (dev.clone(), unsupported.clone());
+        let asked = std::thread::Builder::new()
+            .name("camera-keyframe".into())
+            .spawn(move || {
+                match set_camera_control(&dev, V4L2_CID_FORCE_KEY_FRAME, v4l::control::Value::None)
+                {
+                    Ok(()) => tracing::debug!(device = %dev.display(), "camera asked for a keyframe"),
+                    // No such control (EINVAL), or no controls at all (ENOTTY).
+                    Err(e) if matches!(e.raw_os_error(), Some(EINVAL | ENOTTY)) => {
+                        unsupported.store(true, Ordering::Relaxed);
+                        tracing::info!(
+                            device = %dev.display(),
+                            error = %e,
+                            "the camera cannot be asked for a keyframe: new viewers wait for its next periodic one"
+                        );
+                    }
+                    Err(e) => tracing::warn!(
+                        device = %dev.display(),
+                        error = %e,
+                        "cannot ask the camera for a keyframe now"
+                    ),
+                }
+            });
+        if let Err(e) = asked {
+            tracing::warn!(error = %e, "cannot start a thread to ask the camera for a keyframe");
         }
         gst::PadProbeReturn::Ok
     });
@@ -435,15 +458,29 @@ impl MediaPipeline {
             VideoSource::Pipeline(d) => ends_in_h264(d),
             // Decided once, from what the camera lists now: a camera that is missing or busy
             // at start-up is decoded (its H.264 too, should it turn out to have it).
-            VideoSource::V4l2(dev) if settings.camera_h264 => {
+            VideoSource::V4l2(dev) if settings.camera_h264 != source::CameraH264::ReEncode => {
+                if crate::devices::describe_camera(dev).is_none() {
+                    tracing::info!(
+                        device = %dev.display(),
+                        "camera not readable at start-up: whatever it sends will be decoded and encoded (its own H.264 is passed through only when it is there when campeer starts)"
+                    );
+                }
                 let own = source::prefers_own_h264(dev, width, height, fps);
-                if own {
+                let pass = own
+                    && (settings.camera_h264 == source::CameraH264::PassThrough
+                        || source::camera_h264_profile_settable(dev));
+                if pass {
                     tracing::info!(
                         device = %dev.display(),
                         "the camera sends H.264 itself: passed through as it is, not encoded again"
                     );
+                } else if own {
+                    tracing::info!(
+                        device = %dev.display(),
+                        "the camera sends H.264 itself but cannot be asked for constrained baseline (no H.264 profile control): it is decoded and encoded again, for every browser (video.camera-h264 = \"pass-through\" sends it as it is)"
+                    );
                 }
-                own
+                pass
             }
             _ => false,
         };
@@ -550,6 +587,7 @@ impl MediaPipeline {
             has_audio,
             encoder: kind,
             encode: settings.encode,
+            camera_kbps: std::sync::atomic::AtomicU32::new(settings.encode.bitrate_kbps),
             source: settings.video,
             keyframes,
             stats,
@@ -648,6 +686,17 @@ impl MediaPipeline {
         if let VideoSource::V4l2(dev) = &self.source {
             self.choose_camera_format(dev)?;
         }
+        if let Some(src) = self.pipeline.by_name("camsrc") {
+            // v4l2src applies these when it opens the camera, which it does now.
+            let settings = EncodeSettings {
+                bitrate_kbps: self.camera_kbps.load(Ordering::Relaxed),
+                ..self.encode
+            };
+            match source::camera_h264_controls(&settings).parse::<gst::Structure>() {
+                Ok(controls) => src.set_property("extra-controls", &controls),
+                Err(e) => tracing::warn!(error = %e, "camera controls not usable"),
+            }
+        }
         self.pipeline
             .set_state(gst::State::Playing)
             .map_err(|_| PipelineError::Start(self.bus_error()))?;
@@ -705,18 +754,9 @@ impl MediaPipeline {
                 );
                 return;
             };
-            // The next start asks for it too; a running camera is asked now.
-            if let Some(src) = self.pipeline.by_name("camsrc") {
-                let settings = EncodeSettings {
-                    bitrate_kbps: kbps,
-                    ..self.encode
-                };
-                if let Ok(controls) =
-                    source::camera_h264_controls(&settings).parse::<gst::Structure>()
-                {
-                    src.set_property("extra-controls", &controls);
-                }
-            }
+            // Every later start asks for it (start() sets extra-controls); a running camera is
+            // asked now, for the bitrate alone (profile and level stay as they are mid-stream).
+            self.camera_kbps.store(kbps, Ordering::Relaxed);
             let bps = i64::from(kbps) * 1000;
             match set_camera_control(dev, V4L2_CID_BITRATE, v4l::control::Value::Integer(bps)) {
                 Ok(()) => {

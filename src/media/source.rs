@@ -198,6 +198,34 @@ impl V4l2Choice {
     }
 }
 
+/// What to do with a V4L2 camera's own H.264 (`video.camera-h264`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CameraH264 {
+    /// Passed through when it fits as well as the camera's other formats and the camera's
+    /// encoder can be asked for constrained baseline (it has the V4L2 H.264 profile control),
+    /// which every browser decodes; else decoded and encoded again.
+    Auto,
+    /// Passed through whenever it fits as well as the camera's other formats, whatever profile
+    /// the camera sends (answers announce it; browsers that do not offer it are refused).
+    PassThrough,
+    /// Decoded and encoded by campeer, like MJPEG; chosen only where the camera's other
+    /// formats fit worse.
+    ReEncode,
+}
+
+/// V4L2_CID_MPEG_VIDEO_H264_PROFILE.
+const V4L2_CID_H264_PROFILE: u32 = 0x0099_0900 + 363;
+
+/// True when the camera's H.264 encoder can be asked for a profile (constrained baseline, in
+/// [`camera_h264_controls`]): SoC camera drivers such as the Pi's bcm2835-v4l2 can; UVC
+/// webcams with their own encoder usually cannot, and send High.
+pub fn camera_h264_profile_settable(dev: &Path) -> bool {
+    v4l::Device::with_path(dev)
+        .and_then(|d| d.query_controls())
+        .is_ok_and(|cs| cs.iter().any(|c| c.id == V4L2_CID_H264_PROFILE))
+}
+
 /// Which of a camera's formats the pipeline can take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FormatUse {
@@ -221,14 +249,15 @@ pub fn v4l2_choice(
     fps: u32,
     using: FormatUse,
 ) -> Option<V4l2Choice> {
-    let cam = crate::devices::describe_camera(dev)?;
+    let cam = crate::devices::describe_camera_for(dev, Some((width, height)))?;
     choose_v4l2_format(&cam.formats, width, height, fps, using)
 }
 
-/// True when the camera at `dev` sends H.264 itself at a size and rate as close to the
-/// configured ones as any of its other formats: its stream is then passed through as it is (no
-/// decode, no encode: a board's encoder stays free, the CPU idle). A camera that gives H.264
-/// only at another size, or more slowly, is decoded and encoded instead.
+/// True when the camera at `dev` sends H.264 itself at a size as close to the configured one
+/// as any of its other formats, at (at least 80 % of) the rate where they reach it: its stream
+/// can then be passed through as it is (no decode, no encode: a board's encoder stays free,
+/// the CPU idle). A camera that gives H.264 only at a worse-fitting size, or too slowly, is
+/// decoded and encoded instead.
 pub fn prefers_own_h264(dev: &Path, width: u32, height: u32, fps: u32) -> bool {
     v4l2_choice(dev, width, height, fps, FormatUse::PreferH264).is_some_and(|c| c.is_h264())
 }
