@@ -16,7 +16,7 @@ mod common;
 
 use common::Campeer;
 use common::loopback::EncodedWriter;
-use common::rtc_viewer::{RtcViewer, answered_h264, assert_smpte_bars};
+use common::rtc_viewer::{RtcViewer, assert_smpte_bars};
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -354,8 +354,7 @@ async fn camera_h264_reaches_the_viewer_as_the_camera_encoded_it() {
         chosen.contains("H264") && chosen.contains("320"),
         "{chosen}"
     );
-    let (answer, sps) = viewer.wait_answer_and_sps().await;
-    let said = answered_h264(&answer);
+    let (said, sps) = viewer.wait_answer_and_sps().await;
     eprintln!(
         "devices: camera H.264 SPS {}, answer {}",
         sps.profile_level_id(),

@@ -6,7 +6,7 @@
 mod common;
 
 use common::Campeer;
-use common::rtc_viewer::{RtcViewer, answered_h264, assert_smpte_bars};
+use common::rtc_viewer::{RtcViewer, assert_smpte_bars};
 use std::time::{Duration, Instant};
 
 fn camera(video: &str, env: &[(&str, &str)]) -> Campeer {
@@ -39,8 +39,7 @@ async fn the_answer_states_the_level_the_stream_has() {
             ],
         );
         let viewer = RtcViewer::connect(&cam.room_url()).await;
-        let (answer, sps) = viewer.wait_answer_and_sps().await;
-        let said = answered_h264(&answer);
+        let (said, sps) = viewer.wait_answer_and_sps().await;
         eprintln!(
             "{w}x{h}@{fps}: SPS {} ({sps}), answer profile-level-id {}",
             sps.profile_level_id(),
@@ -89,8 +88,7 @@ async fn h264_from_the_source_is_passed_through_with_its_profile() {
     // encoder inside the description.
     let asked = Instant::now();
     let viewer = RtcViewer::connect_offering(&url, &["42e01f", "640032"]).await;
-    let (answer, sps) = viewer.wait_answer_and_sps().await;
-    let said = answered_h264(&answer);
+    let (said, sps) = viewer.wait_answer_and_sps().await;
     eprintln!(
         "passthrough: SPS {} ({sps}), answer {}",
         sps.profile_level_id(),

@@ -252,7 +252,7 @@ pub fn describe(settings: &MediaSettings, kind: EncoderKind) -> (String, Option<
         // Already H.264: no leaky queue (a dropped access unit breaks every frame up to the
         // next keyframe; the sink drops whole frames when nobody takes them) and no VP8.
         let head = match &settings.video {
-            VideoSource::V4l2(dev) => source::v4l2_h264_launch(dev, s),
+            VideoSource::V4l2(dev) => source::v4l2_h264_launch(dev),
             VideoSource::Pipeline(desc) => desc.clone(),
             // Only those two sources are passed through (MediaPipeline::build).
             other => source::video_launch(other, s.width, s.height, s.framerate),
@@ -459,13 +459,15 @@ impl MediaPipeline {
             // Decided once, from what the camera lists now: a camera that is missing or busy
             // at start-up is decoded (its H.264 too, should it turn out to have it).
             VideoSource::V4l2(dev) if settings.camera_h264 != source::CameraH264::ReEncode => {
-                if crate::devices::describe_camera(dev).is_none() {
+                let cam = crate::devices::describe_camera_for(dev, Some((width, height)));
+                if cam.is_none() {
                     tracing::info!(
                         device = %dev.display(),
                         "camera not readable at start-up: whatever it sends will be decoded and encoded (its own H.264 is passed through only when it is there when campeer starts)"
                     );
                 }
-                let own = source::prefers_own_h264(dev, width, height, fps);
+                let own =
+                    cam.is_some_and(|c| source::prefers_own_h264(&c.formats, width, height, fps));
                 let pass = own
                     && (settings.camera_h264 == source::CameraH264::PassThrough
                         || source::camera_h264_profile_settable(dev));
@@ -642,7 +644,11 @@ impl MediaPipeline {
         } else {
             source::FormatUse::Decode
         };
-        let caps = match source::v4l2_choice(dev, width, height, fps, using) {
+        let cam = crate::devices::describe_camera_for(dev, Some((width, height)));
+        let choice = cam
+            .as_ref()
+            .and_then(|c| source::choose_v4l2_format(&c.formats, width, height, fps, using));
+        let caps = match choice {
             Some(c) => match c.caps().parse::<gst::Caps>() {
                 Ok(caps) => {
                     tracing::info!(
@@ -660,7 +666,7 @@ impl MediaPipeline {
                     gst::Caps::new_any()
                 }
             },
-            None if own_h264 && crate::devices::describe_camera(dev).is_some() => {
+            None if own_h264 && cam.is_some() => {
                 return Err(PipelineError::Start(format!(
                     "{} no longer offers H.264 (another camera was plugged in there?); \
                      restart campeer to encode what it offers",

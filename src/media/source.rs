@@ -196,6 +196,11 @@ impl V4l2Choice {
             self.media, self.width, self.height
         )
     }
+
+    /// True when this is the camera's own H.264.
+    pub fn is_h264(&self) -> bool {
+        self.media == H264_MEDIA
+    }
 }
 
 /// What to do with a V4L2 camera's own H.264 (`video.camera-h264`).
@@ -239,27 +244,19 @@ pub enum FormatUse {
     PreferH264,
 }
 
-/// The capture format for the V4L2 camera at `dev`, read from the device now; `None` when it
-/// cannot be read (missing, busy, a loopback device without a writer) or lists nothing campeer
-/// can capture.
-pub fn v4l2_choice(
-    dev: &Path,
+/// True when a camera listing `formats` sends H.264 itself at a size as close to the
+/// configured one as any of its other formats, at (at least 80 % of) the rate where they reach
+/// it: its stream can then be passed through as it is (no decode, no encode: a board's encoder
+/// stays free, the CPU idle). A camera that gives H.264 only at a worse-fitting size, or too
+/// slowly, is decoded and encoded instead.
+pub fn prefers_own_h264(
+    formats: &[crate::devices::Format],
     width: u32,
     height: u32,
     fps: u32,
-    using: FormatUse,
-) -> Option<V4l2Choice> {
-    let cam = crate::devices::describe_camera_for(dev, Some((width, height)))?;
-    choose_v4l2_format(&cam.formats, width, height, fps, using)
-}
-
-/// True when the camera at `dev` sends H.264 itself at a size as close to the configured one
-/// as any of its other formats, at (at least 80 % of) the rate where they reach it: its stream
-/// can then be passed through as it is (no decode, no encode: a board's encoder stays free,
-/// the CPU idle). A camera that gives H.264 only at a worse-fitting size, or too slowly, is
-/// decoded and encoded instead.
-pub fn prefers_own_h264(dev: &Path, width: u32, height: u32, fps: u32) -> bool {
-    v4l2_choice(dev, width, height, fps, FormatUse::PreferH264).is_some_and(|c| c.is_h264())
+) -> bool {
+    choose_v4l2_format(formats, width, height, fps, FormatUse::PreferH264)
+        .is_some_and(|c| c.is_h264())
 }
 
 /// The GStreamer caps of a V4L2 FourCC campeer can capture.
@@ -281,13 +278,6 @@ fn v4l2_media(fourcc: &str) -> Option<&'static str> {
 }
 
 const H264_MEDIA: &str = "video/x-h264,stream-format=byte-stream";
-
-impl V4l2Choice {
-    /// True when this is the camera's own H.264.
-    pub fn is_h264(&self) -> bool {
-        self.media == H264_MEDIA
-    }
-}
 
 /// How much a format is wanted at equal size and rate; `None`: not at all.
 fn format_rank(media: &str, using: FormatUse) -> Option<u8> {
@@ -370,20 +360,20 @@ pub fn choose_v4l2_format(
 }
 
 /// The head of a pipeline passing a V4L2 camera's own H.264 through, up to its caps filter
-/// (`camcaps`, set at every start). The camera's encoder is asked, through the V4L2 codec
-/// controls it has (those it lacks are skipped), for the configured bitrate and keyframe
-/// interval, SPS/PPS before every IDR, and constrained baseline at the level for the size and
-/// rate, as campeer's own encoders give; whatever it sends, answers announce its SPS.
-pub fn v4l2_h264_launch(dev: &Path, s: &super::encoder::EncodeSettings) -> String {
+/// (`camcaps`); both are set at every start: the caps, and the camera's controls
+/// ([`camera_h264_controls`]) as v4l2src's `extra-controls`.
+pub fn v4l2_h264_launch(dev: &Path) -> String {
     format!(
-        "v4l2src name=camsrc device=\"{}\" io-mode=mmap extra-controls=\"{}\" ! capsfilter name=camcaps",
-        dev.display(),
-        camera_h264_controls(s)
+        "v4l2src name=camsrc device=\"{}\" io-mode=mmap ! capsfilter name=camcaps",
+        dev.display()
     )
 }
 
 /// The `extra-controls` structure for a camera's own H.264 encoder (names as v4l2src derives
-/// them from the driver's control names, the same ones as the Pi's v4l2h264enc).
+/// them from the driver's control names, the same ones as the Pi's v4l2h264enc): the
+/// configured bitrate and keyframe interval, SPS/PPS before every IDR, and constrained baseline
+/// at the level for the size and rate, as campeer's own encoders give. v4l2src skips the
+/// controls a camera lacks; whatever it then sends, answers announce its SPS.
 pub fn camera_h264_controls(s: &super::encoder::EncodeSettings) -> String {
     let level = super::encoder::level_for(s.width, s.height, s.framerate);
     format!(

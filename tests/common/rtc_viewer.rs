@@ -26,7 +26,7 @@ use webrtc::peer_connection::{
 };
 
 /// The H.264 `profile-level-id` of an answer.
-pub fn answered_h264(answer: &str) -> SpsProfile {
+fn answered_h264(answer: &str) -> SpsProfile {
     let id = answer
         .lines()
         .filter_map(|l| l.strip_prefix("a=fmtp:"))
@@ -444,15 +444,16 @@ impl RtcViewer {
         }
     }
 
-    /// Wait until the viewer has the answer and an SPS (or a refusal).
-    pub async fn wait_answer_and_sps(&self) -> (String, SpsProfile) {
+    /// Wait until the viewer has the answer and an SPS (or a refusal): the H.264 profile and
+    /// level the answer states, and those the SPS has.
+    pub async fn wait_answer_and_sps(&self) -> (SpsProfile, SpsProfile) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             {
                 let r = self.received.lock().expect("received lock");
                 assert!(r.refused.is_none(), "refused: {:?}", r.refused);
                 if let (Some(a), Some(s)) = (&r.answer, &r.sps) {
-                    return (a.clone(), SpsProfile::parse(s).expect("an SPS"));
+                    return (answered_h264(a), SpsProfile::parse(s).expect("an SPS"));
                 }
             }
             assert!(Instant::now() < deadline, "no answer and SPS within 20 s");
