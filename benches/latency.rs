@@ -13,19 +13,17 @@
 //! stamp → last packet received p50, frames the page never saw, freezes, time to first frame
 //! (first `new RTCPeerConnection()` → first presented frame), and the sender's CPU and RSS.
 //! All of that twice: on loopback, then with the browser in a network namespace behind an
-//! impaired link (20 ms ± 10 ms delay, 1 % loss, each direction: `support/impair.rs`, a
+//! impaired link (20 ms ± 10 ms delay, 1 % loss, each direction: `tests/common/impair.rs`, a
 //! userspace netem, since this machine's kernel has no `sch_netem`). `CAMPEER_BENCH_NET` =
 //! `loopback` or `impaired` runs one of them only.
 //! Then campeer's CPU and RSS with 1, 5, 10 and 25 viewers (loopback).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-#[path = "support/impair.rs"]
-mod impair;
 #[path = "support/procstat.rs"]
 mod procstat;
 
-use common::{Browser, Campeer, Page, TempDir};
+use common::{Browser, Campeer, Page, TempDir, impair};
 use procstat::{cpu_percent, status_kb};
 
 fn cpu_ticks(pid: u32) -> u64 {
@@ -569,6 +567,7 @@ fn main() {
     let imp = impair::Impairment {
         delay: Duration::from_millis(20),
         jitter: Duration::from_millis(10),
+        jitter_period: Duration::ZERO,
         loss: 0.01,
     };
     rt.block_on(async {
@@ -584,7 +583,7 @@ fn main() {
             let tag = format!("g2g{:04x}", rand::random::<u16>());
             let net = Net {
                 label: format!(
-                    "impaired link: the browser in a network namespace, {imp} (userspace netem: benches/support/impair.rs)"
+                    "impaired link: the browser in a network namespace, {imp} (userspace netem: tests/common/impair.rs)"
                 ),
                 ip: impair::HOST_IP,
                 impaired: Some(impair::ImpairedNs::new(&tag, imp)),

@@ -71,19 +71,35 @@ async fn two_viewers_both_decode_from_one_encode() {
     assert_eq!(logs.matches("media pipeline built").count(), 1, "{logs}");
     let metrics = http_get(&base_of(&url), "/metrics").await.1;
     assert!(metrics.contains("campeer_viewers 2"), "{metrics}");
-    // Per-viewer RTT comes from the connection's stats, sampled every 2 s.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let metrics = http_get(&base_of(&url), "/metrics").await.1;
-    let rtts: Vec<f64> = metrics
-        .lines()
-        .filter(|l| l.starts_with("campeer_viewer_rtt_seconds{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    assert_eq!(rtts.len(), 2, "{metrics}");
-    assert!(
-        rtts.iter().all(|r| *r > 0.0 && *r < 0.5),
-        "loopback RTTs: {rtts:?}"
-    );
+    // Per-viewer RTT comes from the connection's ICE checks, sampled every 2 s. One check can
+    // meet a busy moment (a keyframe going out beside two decoding tabs on two cores), so each
+    // viewer's RTT is judged by the median of its samples over 8 s: on loopback it is
+    // milliseconds, and an RTT that is really wrong (seconds, or never measured) still shows.
+    let mut samples: std::collections::HashMap<String, Vec<f64>> = Default::default();
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let metrics = http_get(&base_of(&url), "/metrics").await.1;
+        for l in metrics
+            .lines()
+            .filter(|l| l.starts_with("campeer_viewer_rtt_seconds{"))
+        {
+            if let (Some(labels), Some(v)) = (l.split(' ').next(), l.rsplit(' ').next()) {
+                if let Ok(v) = v.parse::<f64>() {
+                    samples.entry(labels.to_owned()).or_default().push(v);
+                }
+            }
+        }
+    }
+    assert_eq!(samples.len(), 2, "RTT of two viewers: {samples:?}");
+    for (viewer, rtts) in &mut samples {
+        rtts.sort_by(f64::total_cmp);
+        let median = rtts[rtts.len() / 2];
+        eprintln!("{viewer}: RTT samples {rtts:?}");
+        assert!(
+            median > 0.0 && median < 0.1,
+            "{viewer}: loopback RTT median {median} s over {rtts:?}"
+        );
+    }
     drop(cam.wait_log("viewer connected", Duration::from_secs(1)));
 }
 

@@ -118,14 +118,15 @@ async fn a_requested_keyframe_arrives_within_a_frame_or_two() {
         eprintln!(
             "keyframe request {round}: keyframe after {latency:?} ({waited_frames} delta frames first)"
         );
-        // One frame interval (33 ms) plus encode time, with slack for a loaded 2-core machine.
-        assert!(
-            latency < Duration::from_millis(250),
-            "keyframe took {latency:?}"
-        );
+        // Counted in frames, which a busy machine does not stretch: the next frame or two is
+        // the keyframe (the GOP is 300 frames). The wall-clock bound only catches a stall.
         assert!(
             waited_frames <= 3,
             "{waited_frames} delta frames before the keyframe"
+        );
+        assert!(
+            latency < Duration::from_secs(1),
+            "keyframe took {latency:?}"
         );
     }
     assert!(
@@ -159,17 +160,16 @@ async fn keyframe_requests_are_throttled() {
     let mut rx = p.video.subscribe();
     let asked = Instant::now();
     p.keyframes.request_for_new_viewer();
-    loop {
-        let f = next(&mut rx).await;
-        if f.keyframe {
-            break;
-        }
+    let mut waited_frames = 0;
+    while !next(&mut rx).await.keyframe {
+        waited_frames += 1;
     }
     assert!(
-        asked.elapsed() < Duration::from_millis(250),
-        "new viewer waited {:?} for its keyframe",
+        waited_frames <= 3,
+        "new viewer waited {waited_frames} frames ({:?}) for its keyframe",
         asked.elapsed()
     );
+    assert!(asked.elapsed() < Duration::from_secs(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,6 +182,7 @@ async fn a_slow_consumer_does_not_delay_a_fast_one() {
     let mut frames = 0u32;
     let mut worst_gap = Duration::ZERO;
     let mut last = Instant::now();
+    let mut late = vec![];
     // 6 s: well past the 4 s queue, so the stalled receiver has overflowed long before the end.
     while started.elapsed() < Duration::from_secs(6) {
         let f = next(&mut fast).await;
@@ -191,20 +192,24 @@ async fn a_slow_consumer_does_not_delay_a_fast_one() {
         }
         last = now;
         frames += 1;
-        // Delivery is immediate: the frame reached us right after it left the encoder.
-        assert!(
-            now.duration_since(f.at) < Duration::from_millis(100),
-            "frame delivered {:?} late",
-            now.duration_since(f.at)
-        );
+        late.push(now.duration_since(f.at));
     }
-    eprintln!("fast consumer: {frames} frames in 6 s, worst gap {worst_gap:?}");
+    late.sort();
+    let p95 = late[late.len() * 95 / 100];
+    let max = late[late.len() - 1];
+    eprintln!(
+        "fast consumer: {frames} frames in 6 s, worst gap {worst_gap:?}, delivery p95 {p95:?}, max {max:?}"
+    );
+    // Delivery is immediate: frames reach the fast consumer right after leaving the encoder
+    // (a scheduler hiccup on a busy machine may delay one, not the run).
+    assert!(p95 < Duration::from_millis(50), "delivery p95 {p95:?}");
+    assert!(max < Duration::from_millis(500), "delivery max {max:?}");
     assert!(
         frames >= 150,
         "fast consumer got only {frames} frames in 6 s"
     );
     assert!(
-        worst_gap < Duration::from_millis(250),
+        worst_gap < Duration::from_millis(500),
         "worst gap {worst_gap:?}"
     );
 }
@@ -294,17 +299,23 @@ async fn an_h264_pipeline_source_is_passed_through() {
     rx = rx.resubscribe();
     let asked = Instant::now();
     p.keyframes.request();
+    let mut waited_frames = 0;
     let f = loop {
         let f = next(&mut rx).await;
         if f.keyframe {
             break f;
         }
+        waited_frames += 1;
     };
     eprintln!(
-        "passthrough keyframe {:?} after the request",
+        "passthrough keyframe {:?} ({waited_frames} frames) after the request",
         asked.elapsed()
     );
-    assert!(asked.elapsed() < Duration::from_millis(500));
+    assert!(
+        waited_frames <= 5,
+        "{waited_frames} frames before the keyframe"
+    );
+    assert!(asked.elapsed() < Duration::from_secs(1));
     assert_eq!(h264::idr_has_headers(&f.data), Some(true));
     p.stop();
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod firefox;
+pub mod impair;
 pub mod loopback;
 pub mod netns;
 pub mod rtc_viewer;

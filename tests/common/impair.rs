@@ -1,4 +1,4 @@
-//! An impaired link between the host and a network namespace, for benchmarks on a kernel without
+//! An impaired link between the host and a network namespace, for tests and benchmarks on a kernel without
 //! `sch_netem` (this development machine has no kernel modules): two TUN devices, one in the
 //! host's namespace and one moved into the viewer's, and this process forwarding IP packets
 //! between them the way `tc qdisc add … netem delay D J loss L` does on a link: each packet is
@@ -9,9 +9,7 @@
 //! Addresses: the host side is [`HOST_IP`], the namespace side [`NS_IP`], and the namespace's
 //! default route goes through the link, so everything the namespace sends (to [`HOST_IP`] or to
 //! any other host address) crosses it. Needs root (CAP_NET_ADMIN) and `/dev/net/tun`.
-#![allow(dead_code)]
-
-use crate::common::netns::sh;
+use super::netns::sh;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fs::File;
@@ -33,6 +31,11 @@ pub const NS_IP: &str = "198.51.100.2";
 pub struct Impairment {
     pub delay: Duration,
     pub jitter: Duration,
+    /// Zero: each packet's delay is drawn on its own (netem's default). Otherwise one delay is
+    /// drawn for every period and holds for all packets in it, so whole frames arrive early or
+    /// late (a Wi-Fi link's delay wanders like that; per-packet jitter mostly evens out over
+    /// a frame's packets).
+    pub jitter_period: Duration,
     /// Probability in [0, 1] that a packet is lost.
     pub loss: f64,
 }
@@ -41,9 +44,14 @@ impl std::fmt::Display for Impairment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "delay {} ms ± {} ms (uniform), {} % loss, each direction",
+            "delay {} ms ± {} ms (uniform{}), {} % loss, each direction",
             self.delay.as_millis(),
             self.jitter.as_millis(),
+            if self.jitter_period.is_zero() {
+                String::new()
+            } else {
+                format!(", redrawn every {} ms", self.jitter_period.as_millis())
+            },
             self.loss * 100.0
         )
     }
@@ -119,6 +127,10 @@ fn forward(
     let mut seq = 0u64;
     let mut last_released = 0u64;
     let mut buf = vec![0u8; 65536];
+    let draw = || (rand::random::<f64>() * 2.0 - 1.0) * imp.jitter.as_secs_f64();
+    // The delay offset of the current period, when delays are drawn per period.
+    let mut offset = draw();
+    let mut period_ends = Instant::now() + imp.jitter_period;
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         while held.peek().is_some_and(|Reverse((t, _, _))| *t <= now) {
@@ -148,9 +160,18 @@ fn forward(
                 counters.lost.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let j = imp.jitter.as_secs_f64();
-            let d = imp.delay.as_secs_f64() + (rand::random::<f64>() * 2.0 - 1.0) * j;
-            let release = Instant::now() + Duration::from_secs_f64(d.max(0.0));
+            let arrived = Instant::now();
+            let jitter = if imp.jitter_period.is_zero() {
+                draw()
+            } else {
+                if arrived >= period_ends {
+                    offset = draw();
+                    period_ends = arrived + imp.jitter_period;
+                }
+                offset
+            };
+            let d = imp.delay.as_secs_f64() + jitter;
+            let release = arrived + Duration::from_secs_f64(d.max(0.0));
             seq += 1;
             held.push(Reverse((release, seq, buf[..n].to_vec())));
         }
