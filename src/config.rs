@@ -228,6 +228,16 @@ pub struct ServerConfig {
     /// A connection that sends nothing (not even a pong) for this long is closed.
     #[serde(deserialize_with = "de_duration")]
     pub idle_timeout: Duration,
+    /// A WebSocket that has not joined a room this long after opening (or leaving one) is closed.
+    #[serde(deserialize_with = "de_duration")]
+    pub join_timeout: Duration,
+    /// HTTP request headers (and a TLS handshake) must arrive within this.
+    #[serde(deserialize_with = "de_duration")]
+    pub header_timeout: Duration,
+    /// Most open connections; 0 = three quarters of the file-descriptor limit.
+    pub max_connections: usize,
+    /// Most open connections from one address.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for ServerConfig {
@@ -244,6 +254,10 @@ impl Default for ServerConfig {
             max_rooms: 1024,
             messages_per_second: 50,
             idle_timeout: Duration::from_secs(60),
+            join_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 0,
+            max_connections_per_address: 64,
         }
     }
 }
@@ -517,6 +531,20 @@ impl Config {
         }
         if self.server.max_rooms == 0 {
             return bad("server.max-rooms", "0 (at least 1)".into());
+        }
+        for (key, d) in [
+            ("server.join-timeout", self.server.join_timeout),
+            ("server.header-timeout", self.server.header_timeout),
+        ] {
+            if d < Duration::from_secs(1) {
+                return bad(key, format!("{d:?} (at least 1s)"));
+            }
+        }
+        if self.server.max_connections_per_address == 0 {
+            return bad(
+                "server.max-connections-per-address",
+                "0 (at least 1)".into(),
+            );
         }
         for (i, s) in self.ice.servers.iter().enumerate() {
             check_ice_urls(&format!("ice.servers[{i}].urls"), &s.urls)?;

@@ -11,6 +11,7 @@ use crate::media::encoder::EncodeSettings;
 use crate::media::pipeline::{MediaPipeline, MediaSettings, PipelineError};
 use crate::media::source::{AudioSource, VideoSource};
 use crate::notify;
+use crate::signal::admission::Admission;
 use crate::signal::ice::IceProvider;
 use crate::signal::protocol::Role;
 use crate::signal::router::{Access, Limits, Router};
@@ -98,7 +99,21 @@ fn conn_limits(config: &Config) -> ConnLimits {
         max_message_bytes: config.server.max_message_bytes,
         messages_per_second: config.server.messages_per_second,
         idle_timeout: config.server.idle_timeout,
+        join_timeout: config.server.join_timeout,
+        header_timeout: config.server.header_timeout,
     }
+}
+
+/// The connection caps of `[server]`.
+fn admission(config: &Config) -> Admission {
+    // Raise the soft file-descriptor limit to the hard one before counting on it.
+    let nofile = crate::signal::admission::nofile_limit();
+    tracing::debug!(nofile, "file-descriptor limit");
+    let total = match config.server.max_connections {
+        0 => crate::signal::admission::default_max_connections(),
+        n => n,
+    };
+    Admission::new(total, config.server.max_connections_per_address)
 }
 
 fn announce_open_rooms(config: &Config) {
@@ -158,6 +173,7 @@ pub async fn serve(config: Config, reload: Reload) -> Result<(), DaemonError> {
         tls.clone(),
         router_for(&config, key),
         conn_limits(&config),
+        admission(&config),
         Arc::new(NoObserver),
         shutdown.clone(),
         &tasks,
@@ -593,6 +609,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
             tls.clone(),
             router_for(&config, k),
             conn_limits(&config),
+            admission(&config),
             observer,
             shutdown.clone(),
             &tasks,
@@ -619,7 +636,12 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
                 addr: "127.0.0.1:0".into(),
                 source,
             })?;
-            server.listen_plain(side);
+            server
+                .listen_plain(side)
+                .map_err(|source| DaemonError::Listen {
+                    addr: "127.0.0.1:0".into(),
+                    source,
+                })?;
             format!("ws://{side_addr}/ws")
         } else {
             format!("ws://{local}/ws")

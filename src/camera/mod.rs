@@ -387,6 +387,12 @@ pub async fn run(
                             lost_at = None;
                             let _ = ready.send(true);
                         }
+                        if let Some(why) = refusal(&msg, cam.state.joined.load(Ordering::Relaxed)) {
+                            // Out of the room on this connection: close it and join again
+                            // with backoff (the room may empty, a token be renewed).
+                            let _ = ws.close(None).await;
+                            break why;
+                        }
                         if let Err(e) = cam.on_signal(&mut ws, msg).await {
                             break format!("send failed: {e}");
                         }
@@ -844,6 +850,26 @@ impl Camera {
     }
 }
 
+/// Why the server's `msg` leaves the camera out of its room on this connection, if it does:
+/// a refused join (room full, too many rooms, token problems) or being replaced.
+fn refusal(msg: &ServerMessage, joined: bool) -> Option<String> {
+    let ServerMessage::Error {
+        code,
+        message,
+        from: None,
+    } = msg
+    else {
+        return None;
+    };
+    let out_of_room = match code.as_str() {
+        "replaced" => true,
+        "room-full" | "too-many-rooms" | "token-required" | "bad-token" | "token-expired"
+        | "bad-room" => !joined,
+        _ => false,
+    };
+    out_of_room.then(|| format!("the server refused the camera ({code}): {message}"))
+}
+
 /// The codec names in an SDP offer, for log lines.
 pub fn offered_codecs(sdp: &str) -> String {
     let mut names: Vec<String> = sdp
@@ -877,6 +903,24 @@ mod tests {
             assert!(b >= Duration::from_millis(375), "{n}: {b:?}");
         }
         assert!(backoff(10) >= Duration::from_millis(7500));
+    }
+
+    #[test]
+    fn join_refusals_end_the_connection() {
+        let error = |code: &str, from: Option<&str>| ServerMessage::Error {
+            code: code.into(),
+            message: "m".into(),
+            from: from.map(Into::into),
+        };
+        for code in ["room-full", "too-many-rooms", "token-expired", "bad-token"] {
+            assert!(refusal(&error(code, None), false).is_some(), "{code}");
+            // Once joined these cannot be about this camera's own join.
+            assert!(refusal(&error(code, None), true).is_none(), "{code}");
+        }
+        assert!(refusal(&error("replaced", None), true).is_some());
+        // A viewer's reject, or a rate-limit notice, leaves the camera in its room.
+        assert!(refusal(&error("room-full", Some("v1")), false).is_none());
+        assert!(refusal(&error("rate-limited", None), true).is_none());
     }
 
     #[test]

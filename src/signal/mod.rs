@@ -1,6 +1,7 @@
 //! The signaling server: rooms, the room protocol, access tokens, ICE server hand-out and the
 //! viewer pages. The same code runs embedded in `campeer run` and standalone in `campeer serve`.
 
+pub mod admission;
 pub mod ice;
 pub mod protocol;
 pub mod router;

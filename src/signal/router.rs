@@ -108,6 +108,11 @@ impl Router {
         self.members.len()
     }
 
+    /// The role `id` joined its room with; `None` while it is in no room.
+    pub fn role_of(&self, id: &PeerId) -> Option<Role> {
+        self.members.get(id).map(|m| m.role)
+    }
+
     /// The peers in `room`, in join order.
     pub fn peers_in(&self, room: &str) -> Vec<PeerInfo> {
         self.rooms
@@ -273,12 +278,25 @@ impl Router {
                 ),
             );
         }
-        if occupants >= self.limits.max_peers_per_room {
+        // One place is always kept for a camera: viewers alone cannot lock it out of its room.
+        let viewers = self
+            .rooms
+            .get(&room)
+            .map(|m| {
+                m.values()
+                    .filter(|id| self.role_of(id) == Some(Role::Viewer))
+                    .count()
+            })
+            .unwrap_or(0);
+        let max_viewers = self.limits.max_peers_per_room.saturating_sub(1).max(1);
+        if occupants >= self.limits.max_peers_per_room
+            || (role == Role::Viewer && viewers >= max_viewers)
+        {
             return err(
                 from,
                 ErrorCode::RoomFull,
                 format!(
-                    "room {room:?} holds its maximum of {} peers",
+                    "room {room:?} holds its maximum of {} peers (one place is kept for a camera)",
                     self.limits.max_peers_per_room
                 ),
             );
@@ -769,13 +787,23 @@ mod tests {
     #[test]
     fn limits() {
         let mut r = router(&["*"]);
-        for i in 0..4 {
+        for i in 0..3 {
             join(&mut r, &format!("v{i}"), "a", Role::Viewer, None);
         }
+        // Viewers fill all but one place: that one is kept for a camera.
         assert_eq!(
-            code(&join(&mut r, "v4", "a", Role::Viewer, None)),
+            code(&join(&mut r, "v3", "a", Role::Viewer, None)),
             "room-full"
         );
+        assert!(matches!(
+            join(&mut r, "cam", "a", Role::Camera, None)[0].1,
+            ServerMessage::Created { .. }
+        ));
+        assert_eq!(
+            code(&join(&mut r, "cam2", "a", Role::Camera, None)),
+            "room-full"
+        );
+        r.disconnect(&"cam".into());
         join(&mut r, "w", "b", Role::Viewer, None);
         assert_eq!(
             code(&join(&mut r, "z", "c", Role::Viewer, None)),

@@ -3,10 +3,16 @@
 //!
 //! One hub task owns the [`Router`] and every connection's outgoing queue. Each WebSocket has a
 //! read loop (size and rate limits, parsing, idle timeout) and a write task draining a bounded
-//! queue. The hub never waits on a socket: a peer whose queue is full is disconnected, so one slow
-//! client never stalls the others.
+//! queue. The hub never waits on a socket: a viewer whose queue is full is disconnected (its
+//! socket really closed), so one slow client never stalls the others. A camera is never
+//! disconnected for what viewers send it: messages relayed to a camera whose queue is nearly full
+//! are dropped and their sender told so, leaving room for the server's own notices. Before any
+//! of that, [`admission`](super::admission) caps open connections in total and per address,
+//! HTTP request headers must arrive within `header_timeout`, and a WebSocket that has not joined
+//! a room within `join_timeout` is closed.
 
-use super::protocol::{ClientMessage, ErrorCode, PeerId, parse_client};
+use super::admission::{Admission, AdmissionAcceptor};
+use super::protocol::{ClientMessage, ErrorCode, PeerId, Role, ServerMessage, parse_client};
 use super::router::Router;
 use super::web;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -17,7 +23,7 @@ use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -25,6 +31,14 @@ use tokio_util::task::TaskTracker;
 
 /// Outgoing messages queued per connection before the peer counts as too slow and is dropped.
 pub const OUTGOING_QUEUE: usize = 256;
+/// Places in a camera's queue kept for the server's own notices (joins, exits): messages relayed
+/// from viewers are dropped, their sender told, once fewer places than this are free.
+pub const CAMERA_RESERVE: usize = 64;
+/// A joined camera may send this many times the per-connection message rate: it answers every
+/// viewer (an answer and its candidates each), and a room of viewers may call at once.
+pub const CAMERA_RATE_SCALE: u32 = 16;
+/// Listeners for the embedded camera alone (loopback) admit at most this many connections.
+const SIDE_LISTENER_CONNECTIONS: usize = 16;
 /// Frames larger than this close the connection outright (larger than any configurable limit).
 const HARD_FRAME_LIMIT: usize = 1024 * 1024;
 
@@ -37,6 +51,10 @@ pub struct ConnLimits {
     pub messages_per_second: u32,
     /// Close after this long without any frame from the client.
     pub idle_timeout: Duration,
+    /// Close a WebSocket that has not joined a room this long after it opened (or left one).
+    pub join_timeout: Duration,
+    /// Close an HTTP connection whose request headers have not all arrived within this.
+    pub header_timeout: Duration,
 }
 
 /// What the daemon around the server adds to `/healthz` and `/metrics`.
@@ -64,12 +82,27 @@ struct Counters {
     messages_in: AtomicU64,
     errors_sent: AtomicU64,
     slow_dropped: AtomicU64,
+    join_timeouts: AtomicU64,
+    busy_dropped: AtomicU64,
+}
+
+/// The hub's handle on one connection.
+struct Conn {
+    tx: mpsc::Sender<String>,
+    /// Cancelled to close the connection (both its tasks watch it).
+    kick: CancellationToken,
+    /// Set once it joined as a camera: its rate limit scales by [`CAMERA_RATE_SCALE`].
+    camera: Arc<AtomicBool>,
+    /// Since when it has been connected without being in a room.
+    unjoined_since: Option<tokio::time::Instant>,
 }
 
 enum HubEvent {
     Connect {
         id: PeerId,
         tx: mpsc::Sender<String>,
+        kick: CancellationToken,
+        camera: Arc<AtomicBool>,
     },
     Message {
         id: PeerId,
@@ -102,6 +135,7 @@ struct AppState {
     counters: Arc<Counters>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    admission: Admission,
 }
 
 /// A running signaling server.
@@ -112,6 +146,7 @@ pub struct SignalServer {
     app: axum::Router,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    header_timeout: Duration,
 }
 
 /// Load a PEM certificate chain and key for https/wss (rustls on the ring provider).
@@ -125,13 +160,16 @@ pub async fn load_tls(
 }
 
 impl SignalServer {
-    /// Serve on `listener` (TLS when `tls` is given) until `shutdown` is cancelled. Every task
-    /// it starts is tracked by `tasks`, so the caller can wait for all of them after cancelling.
+    /// Serve on `listener` (TLS when `tls` is given) until `shutdown` is cancelled, taking
+    /// connections within `admission`'s caps. Every task it starts is tracked by `tasks`, so
+    /// the caller can wait for all of them after cancelling.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         listener: tokio::net::TcpListener,
         tls: Option<axum_server::tls_rustls::RustlsConfig>,
         router: Router,
         limits: ConnLimits,
+        admission: Admission,
         observer: Arc<dyn Observer>,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
@@ -139,7 +177,13 @@ impl SignalServer {
         let local_addr = listener.local_addr()?;
         let (hub_tx, hub_rx) = mpsc::channel(1024);
         let counters = Arc::new(Counters::default());
-        tasks.spawn(hub_loop(router, hub_rx, counters.clone(), shutdown.clone()));
+        tasks.spawn(hub_loop(
+            router,
+            hub_rx,
+            counters.clone(),
+            limits.join_timeout,
+            shutdown.clone(),
+        ));
         let state = AppState {
             hub: hub_tx.clone(),
             limits,
@@ -147,6 +191,7 @@ impl SignalServer {
             counters,
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
+            admission: admission.clone(),
         };
         let app = axum::Router::new()
             .route("/", get(|| async { Html(web::INDEX_HTML) }))
@@ -179,57 +224,92 @@ impl SignalServer {
             app,
             shutdown,
             tasks: tasks.clone(),
+            header_timeout: limits.header_timeout,
         };
-        tracing::info!(%local_addr, tls = tls.is_some(), "signaling server listening");
+        let (max_total, max_per_addr) = admission.caps();
+        tracing::info!(%local_addr, tls = tls.is_some(), max_connections = max_total, max_per_address = max_per_addr, "signaling server listening");
         match tls {
-            None => server.listen_plain(listener),
-            Some(tls) => server.listen_tls(listener, tls)?,
+            None => server.serve_plain(listener, admission)?,
+            Some(tls) => server.listen_tls(listener, tls, admission)?,
         }
         Ok(server)
     }
 
     /// Serve the same rooms on another plain listener (the embedded camera's loopback port when
-    /// the public one is TLS).
-    pub fn listen_plain(&self, listener: tokio::net::TcpListener) {
-        use axum::serve::ListenerExt;
-        let app = self.app.clone();
-        let shutdown = self.shutdown.clone();
-        // Small JSON messages: send each at once (no Nagle/delayed-ACK stalls).
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        self.tasks.spawn(async move {
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-            {
-                tracing::error!(error = %e, "signaling server stopped");
-            }
-        });
+    /// the public one is TLS), with a small connection cap of its own.
+    pub fn listen_plain(&self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        let admission = Admission::new(SIDE_LISTENER_CONNECTIONS, SIDE_LISTENER_CONNECTIONS);
+        self.serve_plain(listener, admission)
+    }
+
+    /// An `axum_server` on `listener` with the admission caps and the header-read timeout.
+    fn server_on<Acc>(
+        &self,
+        listener: tokio::net::TcpListener,
+        acceptor: Acc,
+    ) -> std::io::Result<axum_server::Server<std::net::SocketAddr, Acc>> {
+        let mut server = axum_server::from_tcp(listener.into_std()?)?.acceptor(acceptor);
+        server
+            .http_builder()
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(self.header_timeout);
+        Ok(server)
+    }
+
+    fn serve_plain(
+        &self,
+        listener: tokio::net::TcpListener,
+        admission: Admission,
+    ) -> std::io::Result<()> {
+        let acceptor = AdmissionAcceptor::new(admission, self.header_timeout);
+        let server = self.server_on(listener, acceptor)?;
+        self.spawn_server(server, "signaling server stopped");
+        Ok(())
     }
 
     fn listen_tls(
         &self,
         listener: tokio::net::TcpListener,
         tls: axum_server::tls_rustls::RustlsConfig,
+        admission: Admission,
     ) -> std::io::Result<()> {
+        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+            .handshake_timeout(self.header_timeout)
+            .acceptor(AdmissionAcceptor::new(admission, self.header_timeout));
+        let server = self.server_on(listener, acceptor)?;
+        self.spawn_server(server, "TLS signaling server stopped");
+        Ok(())
+    }
+
+    /// Run `server` until shutdown.
+    fn spawn_server<Acc>(
+        &self,
+        server: axum_server::Server<std::net::SocketAddr, Acc>,
+        what: &'static str,
+    ) where
+        Acc: axum_server::accept::Accept<tokio::net::TcpStream, axum::Router>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        Acc::Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+        Acc::Service:
+            axum_server::service::SendService<axum::http::Request<hyper::body::Incoming>> + Send,
+        Acc::Future: Send,
+    {
         let app = self.app.clone();
         let shutdown = self.shutdown.clone();
         let handle = axum_server::Handle::new();
-        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
-            .acceptor(axum_server::accept::NoDelayAcceptor::new());
-        let server = axum_server::from_tcp(listener.into_std()?)?
-            .acceptor(acceptor)
-            .handle(handle.clone());
+        let server = server.handle(handle.clone());
         self.tasks.spawn(async move {
             tokio::select! {
                 r = server.serve(app.into_make_service()) => if let Err(e) = r {
-                    tracing::error!(error = %e, "TLS signaling server stopped");
+                    tracing::error!(error = %e, "{what}");
                 },
                 _ = shutdown.cancelled() => handle.shutdown(),
             }
         });
-        Ok(())
     }
 
     /// Counts of connections, rooms and members.
@@ -282,38 +362,92 @@ async fn metrics(State(state): State<AppState>) -> Response {
         "# TYPE campeer_signal_connections_total counter\ncampeer_signal_connections_total {}\n\
          # TYPE campeer_signal_messages_total counter\ncampeer_signal_messages_total {}\n\
          # TYPE campeer_signal_errors_total counter\ncampeer_signal_errors_total {}\n\
-         # TYPE campeer_signal_slow_dropped_total counter\ncampeer_signal_slow_dropped_total {}\n",
+         # TYPE campeer_signal_slow_dropped_total counter\ncampeer_signal_slow_dropped_total {}\n\
+         # TYPE campeer_signal_join_timeouts_total counter\ncampeer_signal_join_timeouts_total {}\n\
+         # TYPE campeer_signal_camera_busy_dropped_total counter\ncampeer_signal_camera_busy_dropped_total {}\n\
+         # TYPE campeer_signal_open_connections gauge\ncampeer_signal_open_connections {}\n\
+         # TYPE campeer_signal_refused_connections_total counter\ncampeer_signal_refused_connections_total {}\n",
         c.connections_total.load(Ordering::Relaxed),
         c.messages_in.load(Ordering::Relaxed),
         c.errors_sent.load(Ordering::Relaxed),
         c.slow_dropped.load(Ordering::Relaxed),
+        c.join_timeouts.load(Ordering::Relaxed),
+        c.busy_dropped.load(Ordering::Relaxed),
+        state.admission.open(),
+        state.admission.refused(),
     ));
     out.push_str(&state.observer.metrics());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// The peer a relayed message came from (`None` for the server's own messages).
+fn relayed_from(msg: &ServerMessage) -> Option<&PeerId> {
+    match msg {
+        ServerMessage::Offer { from, .. }
+        | ServerMessage::Answer { from, .. }
+        | ServerMessage::Candidate { from, .. } => Some(from),
+        ServerMessage::Error { from, .. } => from.as_ref(),
+        _ => None,
+    }
 }
 
 async fn hub_loop(
     mut router: Router,
     mut rx: mpsc::Receiver<HubEvent>,
     counters: Arc<Counters>,
+    join_timeout: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut conns: HashMap<PeerId, mpsc::Sender<String>> = HashMap::new();
+    let mut conns: HashMap<PeerId, Conn> = HashMap::new();
+    let mut sweep = tokio::time::interval(Duration::from_millis(500).min(join_timeout));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let event = tokio::select! {
             e = rx.recv() => match e { Some(e) => e, None => break },
+            _ = sweep.tick() => {
+                close_unjoined(&mut conns, &router, join_timeout, &counters);
+                continue;
+            }
             _ = shutdown.cancelled() => break,
         };
         let outbox = match event {
-            HubEvent::Connect { id, tx } => {
-                conns.insert(id, tx);
+            HubEvent::Connect {
+                id,
+                tx,
+                kick,
+                camera,
+            } => {
+                let unjoined_since = Some(tokio::time::Instant::now());
+                conns.insert(
+                    id,
+                    Conn {
+                        tx,
+                        kick,
+                        camera,
+                        unjoined_since,
+                    },
+                );
                 continue;
             }
             HubEvent::Message { id, msg } => {
                 if !conns.contains_key(&id) {
                     continue; // dropped as slow while this message was in flight
                 }
-                router.handle(&id, msg, SystemTime::now())
+                let out = router.handle(&id, msg, SystemTime::now());
+                if let Some(c) = conns.get_mut(&id) {
+                    match router.role_of(&id) {
+                        Some(role) => {
+                            c.unjoined_since = None;
+                            c.camera.store(role == Role::Camera, Ordering::Relaxed);
+                        }
+                        None => {
+                            c.camera.store(false, Ordering::Relaxed);
+                            c.unjoined_since
+                                .get_or_insert_with(tokio::time::Instant::now);
+                        }
+                    }
+                }
+                out
             }
             HubEvent::Disconnect { id } => {
                 conns.remove(&id);
@@ -328,22 +462,73 @@ async fn hub_loop(
                 continue;
             }
         };
-        // Deliver in order; a full queue disconnects that peer, which may produce more
-        // messages (its `exit`), delivered after the current batch.
-        let mut queue: std::collections::VecDeque<_> = outbox.into();
-        while let Some((to, msg)) = queue.pop_front() {
-            let Some(tx) = conns.get(&to) else { continue };
-            if matches!(msg, super::protocol::ServerMessage::Error { .. }) {
-                counters.errors_sent.fetch_add(1, Ordering::Relaxed);
-            }
-            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(msg.to_json()) {
-                tracing::warn!(peer = %to, "signaling peer too slow: outgoing queue full, disconnecting it");
-                counters.slow_dropped.fetch_add(1, Ordering::Relaxed);
-                conns.remove(&to);
-                queue.extend(router.disconnect(&to));
-            }
+        deliver(outbox, &mut conns, &mut router, &counters);
+    }
+    // Shutting down: every connection closes.
+    for c in conns.values() {
+        c.kick.cancel();
+    }
+}
+
+/// Deliver in order. A viewer whose queue is full is disconnected, which may produce more
+/// messages (its `exit`), delivered after the current batch. Relays to a camera whose queue is
+/// nearly full are dropped instead and their sender told: viewers cannot push a camera out.
+fn deliver(
+    outbox: super::router::Outbox,
+    conns: &mut HashMap<PeerId, Conn>,
+    router: &mut Router,
+    counters: &Counters,
+) {
+    let mut queue: std::collections::VecDeque<_> = outbox.into();
+    while let Some((to, msg)) = queue.pop_front() {
+        let Some(c) = conns.get(&to) else { continue };
+        if let Some(from) = relayed_from(&msg)
+            && c.camera.load(Ordering::Relaxed)
+            && c.tx.capacity() <= CAMERA_RESERVE
+        {
+            counters.busy_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(camera = %to, from = %from, "camera busy: relayed message dropped");
+            queue.push_back((
+                from.clone(),
+                ErrorCode::RateLimited.message(
+                    "the camera is busy with other viewers; message dropped, try again shortly",
+                ),
+            ));
+            continue;
+        }
+        if matches!(msg, ServerMessage::Error { .. }) {
+            counters.errors_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Err(mpsc::error::TrySendError::Full(_)) = c.tx.try_send(msg.to_json()) {
+            tracing::warn!(peer = %to, "signaling peer too slow: outgoing queue full, disconnecting it");
+            counters.slow_dropped.fetch_add(1, Ordering::Relaxed);
+            c.kick.cancel();
+            conns.remove(&to);
+            queue.extend(router.disconnect(&to));
         }
     }
+}
+
+/// Close connections that have stayed out of every room for `join_timeout`.
+fn close_unjoined(
+    conns: &mut HashMap<PeerId, Conn>,
+    router: &Router,
+    join_timeout: Duration,
+    counters: &Counters,
+) {
+    let now = tokio::time::Instant::now();
+    conns.retain(|id, c| {
+        let late = c
+            .unjoined_since
+            .is_some_and(|t| now.duration_since(t) >= join_timeout)
+            && router.role_of(id).is_none();
+        if late {
+            tracing::debug!(peer = %id, "no room joined in time, closing");
+            counters.join_timeouts.fetch_add(1, Ordering::Relaxed);
+            c.kick.cancel();
+        }
+        !late
+    });
 }
 
 async fn ws_upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
@@ -389,9 +574,12 @@ impl RateLimit {
             last: Instant::now(),
         }
     }
-    fn allow(&mut self, now: Instant) -> bool {
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+    /// Take one token; `scale` multiplies the rate and the burst (a camera's connection).
+    fn allow(&mut self, now: Instant, scale: u32) -> bool {
+        let scale = f64::from(scale.max(1));
+        self.tokens = (self.tokens
+            + now.duration_since(self.last).as_secs_f64() * self.rate * scale)
+            .min(self.burst * scale);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -409,11 +597,16 @@ async fn connection(socket: WebSocket, state: AppState) {
         .connections_total
         .fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel::<String>(OUTGOING_QUEUE);
+    // Cancelled by the hub (too slow, never joined) or by this reader: closes both tasks.
+    let kick = CancellationToken::new();
+    let camera = Arc::new(AtomicBool::new(false));
     if state
         .hub
         .send(HubEvent::Connect {
             id: id.clone(),
             tx: tx.clone(),
+            kick: kick.clone(),
+            camera: camera.clone(),
         })
         .await
         .is_err()
@@ -425,6 +618,7 @@ async fn connection(socket: WebSocket, state: AppState) {
     let writer_stop = CancellationToken::new();
     let writer = {
         let stop = writer_stop.clone();
+        let kick = kick.clone();
         tokio::spawn(async move {
             let mut ping = tokio::time::interval(ping_every);
             ping.tick().await;
@@ -436,6 +630,7 @@ async fn connection(socket: WebSocket, state: AppState) {
                     },
                     _ = ping.tick() => if sink.send(Message::Ping(Default::default())).await.is_err() { break },
                     _ = stop.cancelled() => break,
+                    _ = kick.cancelled() => break,
                 }
             }
             let _ = sink.send(Message::Close(None)).await;
@@ -443,16 +638,19 @@ async fn connection(socket: WebSocket, state: AppState) {
     };
     let mut rate = RateLimit::new(state.limits.messages_per_second);
     let mut refused_in_a_row = 0u32;
-    let send_own = |msg: super::protocol::ServerMessage| {
+    // At most one `rate-limited` notice per second: a flood must not fill its own queue.
+    let mut last_notice: Option<Instant> = None;
+    let send_own = |msg: ServerMessage| {
         state.counters.errors_sent.fetch_add(1, Ordering::Relaxed);
-        // A full queue here means the hub will drop this peer anyway.
+        // Only the reader adds these, and never more than a few a second; a queue full of the
+        // hub's messages is the hub's to handle.
         let _ = tx.try_send(msg.to_json());
     };
     loop {
         let frame = tokio::select! {
             f = tokio::time::timeout(state.limits.idle_timeout, stream.next()) => f,
             _ = state.shutdown.cancelled() => break,
-            _ = tx.closed() => break, // dropped by the hub as too slow
+            _ = kick.cancelled() => break, // dropped by the hub: too slow, or never joined
         };
         let frame = match frame {
             Err(_) => {
@@ -462,6 +660,34 @@ async fn connection(socket: WebSocket, state: AppState) {
             Ok(None) | Ok(Some(Err(_))) => break,
             Ok(Some(Ok(f))) => f,
         };
+        if let Message::Close(_) = frame {
+            break;
+        }
+        state.counters.messages_in.fetch_add(1, Ordering::Relaxed);
+        // Every frame counts against the rate, pings and binary ones too: none of them is free
+        // to send in a flood.
+        let scale = if camera.load(Ordering::Relaxed) {
+            CAMERA_RATE_SCALE
+        } else {
+            1
+        };
+        let now = Instant::now();
+        if !rate.allow(now, scale) {
+            refused_in_a_row += 1;
+            if refused_in_a_row > state.limits.messages_per_second.saturating_mul(10) {
+                tracing::warn!(peer = %id, "signaling peer keeps flooding, closing it");
+                break;
+            }
+            if last_notice.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+                last_notice = Some(now);
+                send_own(ErrorCode::RateLimited.message(format!(
+                    "more than {} messages per second; messages dropped",
+                    state.limits.messages_per_second.saturating_mul(scale)
+                )));
+            }
+            continue;
+        }
+        refused_in_a_row = 0;
         let text = match frame {
             Message::Text(t) => t,
             Message::Binary(_) => {
@@ -471,23 +697,8 @@ async fn connection(socket: WebSocket, state: AppState) {
                 );
                 continue;
             }
-            Message::Close(_) => break,
-            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => continue,
         };
-        state.counters.messages_in.fetch_add(1, Ordering::Relaxed);
-        if !rate.allow(Instant::now()) {
-            refused_in_a_row += 1;
-            if refused_in_a_row > state.limits.messages_per_second.saturating_mul(10) {
-                tracing::warn!(peer = %id, "signaling peer keeps flooding, closing it");
-                break;
-            }
-            send_own(ErrorCode::RateLimited.message(format!(
-                "more than {} messages per second; message dropped",
-                state.limits.messages_per_second
-            )));
-            continue;
-        }
-        refused_in_a_row = 0;
         if text.len() > state.limits.max_message_bytes {
             send_own(ErrorCode::TooLarge.message(format!(
                 "message of {} bytes exceeds the limit of {} bytes",

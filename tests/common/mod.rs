@@ -584,3 +584,57 @@ pub fn start_camera(extra_args: &[&str], env: &[(&str, &str)]) -> (Campeer, Stri
     let url = c.room_url();
     (c, url)
 }
+
+/// A signaling WebSocket opened by a test.
+pub type SignalWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The `ws://host:port/ws` endpoint and the token of a room URL
+/// (`http://host:port/room/<room>?token=…`).
+pub fn ws_of(room_url: &str) -> (String, Option<String>) {
+    let host = base_of(room_url).replace("http://", "ws://");
+    let token = room_url.split_once("?token=").map(|(_, t)| t.to_owned());
+    (format!("{host}/ws"), token)
+}
+
+/// Open `ws_url` and join `room` as `role`; returns the socket and the `created` message (or
+/// the `error` the server answered instead).
+pub async fn ws_join(
+    ws_url: &str,
+    room: &str,
+    role: &str,
+    token: Option<&str>,
+) -> (SignalWs, Value) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
+        .await
+        .expect("signaling websocket");
+    let join = json!({"type": "join", "room": room, "role": role, "token": token, "name": role});
+    ws.send(Message::text(join.to_string()))
+        .await
+        .expect("send join");
+    let reply = ws_recv(&mut ws, Duration::from_secs(10))
+        .await
+        .expect("an answer to join");
+    (ws, reply)
+}
+
+/// The next JSON message on `ws` within `timeout` (pings are answered on the way); `None` when
+/// the socket closed or nothing came.
+pub async fn ws_recv(ws: &mut SignalWs, timeout: Duration) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let m = tokio::time::timeout_at(deadline, ws.next()).await.ok()??;
+        match m.ok()? {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).ok(),
+            Message::Close(_) => return None,
+            _ => continue,
+        }
+    }
+}
+
+/// True when `created` lists a camera in the room.
+pub fn has_camera(created: &Value) -> bool {
+    created["peers"]
+        .as_array()
+        .is_some_and(|p| p.iter().any(|p| p["role"] == "camera"))
+}
