@@ -558,6 +558,9 @@ async fn binary_and_ping_floods_are_rate_limited_and_closed() {
         }
         // The burst passes (2x the rate), the rest is dropped, and a flood that goes on is closed.
         assert!(closed, "{frame:?} flood: connection still open");
-        assert!(bad_json <= 45, "{frame:?} flood: {bad_json} bad-json replies");
+        assert!(
+            bad_json <= 45,
+            "{frame:?} flood: {bad_json} bad-json replies"
+        );
     }
 }

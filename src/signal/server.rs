@@ -206,6 +206,15 @@ impl SignalServer {
                 }),
             )
             .route(
+                "/index.js",
+                get(|| async {
+                    (
+                        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                        web::INDEX_JS,
+                    )
+                }),
+            )
+            .route(
                 "/style.css",
                 get(|| async {
                     (
@@ -217,6 +226,7 @@ impl SignalServer {
             .route("/ws", get(ws_upgrade))
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics))
+            .layer(axum::middleware::map_response(security_headers))
             .with_state(state);
         let server = SignalServer {
             local_addr,
@@ -322,6 +332,27 @@ async fn stats(hub: &mpsc::Sender<HubEvent>) -> Option<HubStats> {
     let (reply, rx) = oneshot::channel();
     hub.send(HubEvent::Stats { reply }).await.ok()?;
     rx.await.ok()
+}
+
+/// Headers every response carries: the CSP, no framing, no MIME sniffing, and no Referer
+/// (room addresses may carry a token).
+async fn security_headers(mut res: Response) -> Response {
+    use axum::http::HeaderValue;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(web::CSP),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    res
 }
 
 async fn room_page(Path(name): Path<String>) -> Response {
