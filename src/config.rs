@@ -238,6 +238,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Most open connections from one address.
     pub max_connections_per_address: usize,
+    /// Origins whose pages may open `/ws` besides the server's own; `*` allows every origin.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -258,6 +260,7 @@ impl Default for ServerConfig {
             header_timeout: Duration::from_secs(10),
             max_connections: 0,
             max_connections_per_address: 64,
+            allowed_origins: vec![],
         }
     }
 }
@@ -538,6 +541,23 @@ impl Config {
         ] {
             if d < Duration::from_secs(1) {
                 return bad(key, format!("{d:?} (at least 1s)"));
+            }
+        }
+        for o in &self.server.allowed_origins {
+            let ok = o == "*"
+                || ((o.starts_with("http://") || o.starts_with("https://"))
+                    && !o
+                        .trim_end_matches('/')
+                        .contains(|c: char| c == '?' || c == '#')
+                    && o.split("://").nth(1).is_some_and(|a| {
+                        let a = a.trim_end_matches('/');
+                        !a.is_empty() && !a.contains('/')
+                    }));
+            if !ok {
+                return bad(
+                    "server.allowed-origins",
+                    format!("{o:?} (expected \"*\" or an origin: http[s]://host[:port])"),
+                );
             }
         }
         if self.server.max_connections_per_address == 0 {

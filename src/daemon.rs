@@ -101,6 +101,7 @@ fn conn_limits(config: &Config) -> ConnLimits {
         idle_timeout: config.server.idle_timeout,
         join_timeout: config.server.join_timeout,
         header_timeout: config.server.header_timeout,
+        allowed_origins: config.server.allowed_origins.clone().into(),
     }
 }
 
@@ -237,6 +238,15 @@ struct CameraObserver {
 
 impl Observer for CameraObserver {
     fn health(&self) -> Result<(), String> {
+        // Out of its room (reconnecting, refused) as long as a stall: viewers cannot call it.
+        if let Some(out) = self.camera.out_of_room_for()
+            && out > self.stall
+        {
+            return Err(format!(
+                "the camera has not been in its room for {:.0} s: new viewers cannot call it",
+                out.as_secs_f64()
+            ));
+        }
         if !*self.demand.borrow() {
             return Ok(()); // capture is off on purpose: no viewers
         }

@@ -176,3 +176,49 @@ async fn viewers_cannot_take_the_cameras_place() {
     let mut cam = remote_camera(&base, "garden");
     cam.wait_log("joined room as camera", Duration::from_secs(30));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_says_when_the_camera_is_out_of_its_room() {
+    // A camera with a token the server refuses keeps retrying, and /healthz says why it is of
+    // no use to viewers once that has lasted a stall-timeout.
+    let mut cam = Campeer::start(
+        &["run", "--video", "test", "--listen", "127.0.0.1:0"],
+        &[
+            ("CAMPEER__VIDEO__WIDTH", "320"),
+            ("CAMPEER__VIDEO__HEIGHT", "240"),
+            ("CAMPEER__CAMERA__TOKEN", "v1.not-a-token"),
+            ("CAMPEER__CAMERA__STALL_TIMEOUT", "\"2s\""),
+        ],
+    );
+    let line = cam.wait_log("signaling server listening", Duration::from_secs(30));
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("local_addr="))
+        .expect("the listening address in the log")
+        .to_owned();
+    let base = format!("http://{addr}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (code, body) = http_get(&base, "/healthz").await;
+        if code == 503 {
+            assert!(body.contains("not been in its room"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still healthy outside its room: {code} {body}\n{}",
+            cam.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // It keeps asking to join.
+    let refusals = cam
+        .logs()
+        .matches("the server refused the camera (bad-token)")
+        .count();
+    assert!(
+        refusals >= 2,
+        "joins tried {refusals} times\n{}",
+        cam.logs()
+    );
+}

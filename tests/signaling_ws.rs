@@ -69,6 +69,7 @@ fn limits() -> ConnLimits {
         idle_timeout: Duration::from_secs(30),
         join_timeout: Duration::from_secs(30),
         header_timeout: Duration::from_secs(10),
+        allowed_origins: Arc::from(Vec::new()),
     }
 }
 

@@ -95,6 +95,8 @@ pub struct CameraSettings {
 pub struct CameraState {
     /// True while joined to the room.
     pub joined: AtomicBool,
+    /// When the camera was last out of its room (start, lost connection, refusal), Unix ms.
+    pub out_of_room_since_ms: AtomicU64,
     /// Times the signaling connection was (re)established.
     pub signal_connects: AtomicU64,
     /// Viewers refused at the limit.
@@ -330,6 +332,9 @@ pub async fn run(
         skipped: Default::default(),
         shutdown: shutdown.clone(),
     };
+    cam.state
+        .out_of_room_since_ms
+        .store(unix_ms(), Ordering::Relaxed);
     let instance = format!("{:016x}", rand::random::<u64>());
     let mut connector = SignalConnector::new(cam.settings.signal_ca.clone());
     let mut attempt = 0u32;
@@ -374,6 +379,7 @@ pub async fn run(
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
         let mut last_heard = tokio::time::Instant::now();
+        let mut refused = false;
         let lost_reason: String = loop {
             tokio::select! {
                 m = ws.next() => { last_heard = tokio::time::Instant::now(); match m {
@@ -391,6 +397,7 @@ pub async fn run(
                             // Out of the room on this connection: close it and join again
                             // with backoff (the room may empty, a token be renewed).
                             let _ = ws.close(None).await;
+                            refused = true;
                             break why;
                         }
                         if let Err(e) = cam.on_signal(&mut ws, msg).await {
@@ -424,15 +431,28 @@ pub async fn run(
                 }
             }
         };
-        cam.state.joined.store(false, Ordering::Relaxed);
+        if cam.state.joined.swap(false, Ordering::Relaxed) {
+            cam.state
+                .out_of_room_since_ms
+                .store(unix_ms(), Ordering::Relaxed);
+        }
         if shutdown.is_cancelled() {
             // The embedded server closed first on the way down: not a lost connection.
             break 'outer;
         }
-        let lost = *lost_at.get_or_insert_with(std::time::Instant::now);
-        let wait = reconnect_backoff(attempt, Some(lost.elapsed()));
+        let wait = if refused {
+            // A refusal rarely clears within a second (a full room, a token to renew): the
+            // plain backoff, up to 10 s, without the fast retries of a lost link.
+            let wait = backoff(attempt);
+            tracing::warn!(url = %url, reason = %lost_reason, retry_in = ?wait, "the camera is not in its room; asking again");
+            wait
+        } else {
+            let lost = *lost_at.get_or_insert_with(std::time::Instant::now);
+            let wait = reconnect_backoff(attempt, Some(lost.elapsed()));
+            tracing::warn!(url = %url, reason = %lost_reason, retry_in = ?wait, viewers = cam.peers.len(), "signaling connection lost; viewers keep streaming, reconnecting");
+            wait
+        };
         attempt += 1;
-        tracing::warn!(url = %url, reason = %lost_reason, retry_in = ?wait, viewers = cam.peers.len(), "signaling connection lost; viewers keep streaming, reconnecting");
         // Drain peer events while disconnected so state changes (failures) are still handled.
         let sleep = tokio::time::sleep(wait);
         tokio::pin!(sleep);
@@ -803,7 +823,16 @@ impl Camera {
                 message,
                 from,
             } => {
-                tracing::error!(%code, %message, from = from.as_deref().unwrap_or("server"), room = %self.settings.room, "signaling error");
+                // A viewer's word is its own business (and anyone with a viewer token could
+                // fill the log with errors); the server's is worth a warning.
+                match &from {
+                    Some(viewer) => {
+                        tracing::debug!(%code, %message, %viewer, "viewer reported an error")
+                    }
+                    None => {
+                        tracing::warn!(%code, %message, room = %self.settings.room, "signaling error")
+                    }
+                }
             }
         }
         Ok(())
@@ -868,6 +897,28 @@ fn refusal(msg: &ServerMessage, joined: bool) -> Option<String> {
         _ => false,
     };
     out_of_room.then(|| format!("the server refused the camera ({code}): {message}"))
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl CameraState {
+    /// How long the camera has been out of its room; `None` while it is joined (or before it
+    /// first tried).
+    pub fn out_of_room_for(&self) -> Option<Duration> {
+        if self.joined.load(Ordering::Relaxed) {
+            return None;
+        }
+        match self.out_of_room_since_ms.load(Ordering::Relaxed) {
+            0 => None, // not started yet
+            since => Some(Duration::from_millis(unix_ms().saturating_sub(since))),
+        }
+    }
 }
 
 /// The codec names in an SDP offer, for log lines.

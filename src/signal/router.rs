@@ -178,8 +178,13 @@ impl Router {
                 },
             ),
             ClientMessage::Reject { to, code, message } => {
-                let code: String = code.chars().take(64).collect();
-                let message: String = message.chars().take(512).collect();
+                // No control characters (CR/LF would forge log lines wherever this is logged).
+                let code: String = code.chars().filter(|c| !c.is_control()).take(64).collect();
+                let message: String = message
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(512)
+                    .collect();
                 self.relay(
                     from,
                     &to,
@@ -834,6 +839,24 @@ mod tests {
         assert!(matches!(&out[0].1, ServerMessage::Created { .. }));
         assert_eq!(r.peers_in("r")[0].name.len(), MAX_NAME_LEN);
         assert!(r.peers_in("r")[0].name.starts_with("xy"));
+        // A reject's code and message reach the other side without control characters.
+        join(&mut r, "v", "r", Role::Viewer, None);
+        let out = r.handle(
+            &"v".into(),
+            ClientMessage::Reject {
+                to: "a".into(),
+                code: "x\r\nERROR forged".into(),
+                message: "line\nbreak".into(),
+            },
+            now(),
+        );
+        match &out[0].1 {
+            ServerMessage::Error { code, message, .. } => {
+                assert_eq!(code, "xERROR forged");
+                assert_eq!(message, "linebreak");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -43,7 +43,7 @@ const SIDE_LISTENER_CONNECTIONS: usize = 16;
 const HARD_FRAME_LIMIT: usize = 1024 * 1024;
 
 /// Per-connection limits.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnLimits {
     /// Largest message answered with anything but `too-large`.
     pub max_message_bytes: usize,
@@ -55,6 +55,37 @@ pub struct ConnLimits {
     pub join_timeout: Duration,
     /// Close an HTTP connection whose request headers have not all arrived within this.
     pub header_timeout: Duration,
+    /// Origins (`https://host[:port]`) whose pages may open `/ws` besides the server's own;
+    /// `*` allows every origin.
+    pub allowed_origins: Arc<[String]>,
+}
+
+/// Whether a WebSocket opened by a page at `origin` may connect to a server reached as `host`
+/// (or, behind a proxy, `forwarded_host`): requests without an Origin come from no web page
+/// (the camera, command-line tools) and pass; a page passes when it is the server's own or its
+/// origin is allowed. Keeps other sites' pages, opened by a user on the LAN, out of the rooms.
+pub fn origin_allowed(
+    origin: Option<&str>,
+    host: Option<&str>,
+    forwarded_host: Option<&str>,
+    allowed: &[String],
+) -> bool {
+    let Some(origin) = origin else {
+        return true;
+    };
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let Some((_, authority)) = origin.split_once("://") else {
+        return false; // "null" (sandboxed pages, files) or garbage
+    };
+    [host, forwarded_host]
+        .into_iter()
+        .flatten()
+        .any(|h| h.eq_ignore_ascii_case(authority))
 }
 
 /// What the daemon around the server adds to `/healthz` and `/metrics`.
@@ -175,6 +206,7 @@ impl SignalServer {
         tasks: &TaskTracker,
     ) -> std::io::Result<SignalServer> {
         let local_addr = listener.local_addr()?;
+        let header_timeout = limits.header_timeout;
         let (hub_tx, hub_rx) = mpsc::channel(1024);
         let counters = Arc::new(Counters::default());
         tasks.spawn(hub_loop(
@@ -234,7 +266,7 @@ impl SignalServer {
             app,
             shutdown,
             tasks: tasks.clone(),
-            header_timeout: limits.header_timeout,
+            header_timeout,
         };
         let (max_total, max_per_addr) = admission.caps();
         tracing::info!(%local_addr, tls = tls.is_some(), max_connections = max_total, max_per_address = max_per_addr, "signaling server listening");
@@ -562,9 +594,28 @@ fn close_unjoined(
     });
 }
 
-async fn ws_upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+async fn ws_upgrade(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     if state.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let origin = get("origin");
+    if !origin_allowed(
+        origin,
+        get("host"),
+        get("x-forwarded-host"),
+        &state.limits.allowed_origins,
+    ) {
+        tracing::debug!(origin = ?origin, "WebSocket from another site's page refused");
+        return (
+            StatusCode::FORBIDDEN,
+            "pages of this origin may not use this server (server.allowed-origins)",
+        )
+            .into_response();
     }
     let tasks = state.tasks.clone();
     // Buffers start small (signaling messages are a few kB) and grow only for larger frames:
@@ -766,5 +817,76 @@ async fn connection(socket: WebSocket, state: AppState) {
     {
         writer_stop.cancel();
         let _ = writer.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_servers_own_pages_and_allowed_origins_open_websockets() {
+        let none: &[String] = &[];
+        // No Origin: not a web page.
+        assert!(origin_allowed(None, Some("cam.lan:8080"), None, none));
+        // The server's own page, by IP or name, default port or not.
+        assert!(origin_allowed(
+            Some("http://192.0.2.5:8080"),
+            Some("192.0.2.5:8080"),
+            None,
+            none
+        ));
+        assert!(origin_allowed(
+            Some("https://Cam.Example.com"),
+            Some("cam.example.com"),
+            None,
+            none
+        ));
+        // Another site's page, a port mismatch, sandboxed pages.
+        assert!(!origin_allowed(
+            Some("http://evil.example"),
+            Some("192.0.2.5:8080"),
+            None,
+            none
+        ));
+        assert!(!origin_allowed(
+            Some("http://192.0.2.5:9090"),
+            Some("192.0.2.5:8080"),
+            None,
+            none
+        ));
+        assert!(!origin_allowed(
+            Some("null"),
+            Some("192.0.2.5:8080"),
+            None,
+            none
+        ));
+        assert!(!origin_allowed(
+            Some("http://evil.example"),
+            None,
+            None,
+            none
+        ));
+        // Behind a proxy that rewrites Host, its X-Forwarded-Host names the public host.
+        assert!(origin_allowed(
+            Some("https://cam.example.com"),
+            Some("127.0.0.1:8080"),
+            Some("cam.example.com"),
+            none
+        ));
+        // Configured origins, and "*".
+        let allowed = ["https://dash.example.com/".to_owned()];
+        assert!(origin_allowed(
+            Some("https://dash.example.com"),
+            Some("192.0.2.5:8080"),
+            None,
+            &allowed
+        ));
+        assert!(origin_allowed(
+            Some("http://any.example"),
+            Some("x"),
+            None,
+            &["*".to_owned()]
+        ));
     }
 }
