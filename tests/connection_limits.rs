@@ -182,5 +182,8 @@ async fn one_address_cannot_take_every_connection() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (code, m) = http_get(&base, "/metrics").await;
     assert_eq!(code, 200, "{m}");
-    assert!(m.contains("campeer_signal_refused_connections_total 2"), "{m}");
+    assert!(
+        m.contains("campeer_signal_refused_connections_total 2"),
+        "{m}"
+    );
 }

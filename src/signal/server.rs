@@ -41,6 +41,43 @@ pub const CAMERA_RATE_SCALE: u32 = 16;
 const SIDE_LISTENER_CONNECTIONS: usize = 16;
 /// Frames larger than this close the connection outright (larger than any configurable limit).
 const HARD_FRAME_LIMIT: usize = 1024 * 1024;
+/// Bytes queued per connection before it counts as too slow (a message larger than this still
+/// goes out alone into an empty queue).
+pub const OUTGOING_BYTES: usize = 1024 * 1024;
+
+/// A connection's outgoing queue, bounded in messages ([`OUTGOING_QUEUE`]) and in bytes
+/// ([`OUTGOING_BYTES`]); the writer task gives the bytes back as it sends them.
+#[derive(Clone)]
+struct Outgoing {
+    tx: mpsc::Sender<String>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Outgoing {
+    /// Queue `text`, or give it back when either bound would be passed.
+    fn try_send(&self, text: String) -> Result<(), String> {
+        let queued = self.queued.load(Ordering::Relaxed);
+        if queued > 0 && queued + text.len() > OUTGOING_BYTES {
+            return Err(text);
+        }
+        let len = text.len();
+        match self.tx.try_send(text) {
+            Ok(()) => {
+                self.queued.fetch_add(len, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(t) | mpsc::error::TrySendError::Closed(t)) => {
+                Err(t)
+            }
+        }
+    }
+
+    /// True when less than a quarter of either bound is free.
+    fn nearly_full(&self) -> bool {
+        self.tx.capacity() <= CAMERA_RESERVE
+            || self.queued.load(Ordering::Relaxed) > OUTGOING_BYTES / 4 * 3
+    }
+}
 
 /// Per-connection limits.
 #[derive(Debug, Clone)]
@@ -119,7 +156,7 @@ struct Counters {
 
 /// The hub's handle on one connection.
 struct Conn {
-    tx: mpsc::Sender<String>,
+    tx: Outgoing,
     /// Cancelled to close the connection (both its tasks watch it).
     kick: CancellationToken,
     /// Set once it joined as a camera: its rate limit scales by [`CAMERA_RATE_SCALE`].
@@ -131,7 +168,7 @@ struct Conn {
 enum HubEvent {
     Connect {
         id: PeerId,
-        tx: mpsc::Sender<String>,
+        tx: Outgoing,
         kick: CancellationToken,
         camera: Arc<AtomicBool>,
     },
@@ -547,7 +584,7 @@ fn deliver(
         let Some(c) = conns.get(&to) else { continue };
         if let Some(from) = relayed_from(&msg)
             && c.camera.load(Ordering::Relaxed)
-            && c.tx.capacity() <= CAMERA_RESERVE
+            && c.tx.nearly_full()
         {
             counters.busy_dropped.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(camera = %to, from = %from, "camera busy: relayed message dropped");
@@ -562,7 +599,7 @@ fn deliver(
         if matches!(msg, ServerMessage::Error { .. }) {
             counters.errors_sent.fetch_add(1, Ordering::Relaxed);
         }
-        if let Err(mpsc::error::TrySendError::Full(_)) = c.tx.try_send(msg.to_json()) {
+        if c.tx.try_send(msg.to_json()).is_err() {
             tracing::warn!(peer = %to, "signaling peer too slow: outgoing queue full, disconnecting it");
             counters.slow_dropped.fetch_add(1, Ordering::Relaxed);
             c.kick.cancel();
@@ -620,8 +657,11 @@ async fn ws_upgrade(
     let tasks = state.tasks.clone();
     // Buffers start small (signaling messages are a few kB) and grow only for larger frames:
     // tungstenite's 128 KiB defaults would cost ~256 KiB per idle connection.
-    ws.max_message_size(HARD_FRAME_LIMIT)
-        .max_frame_size(HARD_FRAME_LIMIT)
+    // A message may be at most twice the configured limit (larger ones close the connection;
+    // up to that they get `too-large`): fragments of a larger one are never buffered.
+    let max = (state.limits.max_message_bytes.saturating_mul(2)).clamp(64 * 1024, HARD_FRAME_LIMIT);
+    ws.max_message_size(max)
+        .max_frame_size(max)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .on_upgrade(move |socket| {
@@ -679,6 +719,10 @@ async fn connection(socket: WebSocket, state: AppState) {
         .connections_total
         .fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel::<String>(OUTGOING_QUEUE);
+    let tx = Outgoing {
+        tx,
+        queued: Default::default(),
+    };
     // Cancelled by the hub (too slow, never joined) or by this reader: closes both tasks.
     let kick = CancellationToken::new();
     let camera = Arc::new(AtomicBool::new(false));
@@ -701,13 +745,19 @@ async fn connection(socket: WebSocket, state: AppState) {
     let writer = {
         let stop = writer_stop.clone();
         let kick = kick.clone();
+        let queued = tx.queued.clone();
         tokio::spawn(async move {
             let mut ping = tokio::time::interval(ping_every);
             ping.tick().await;
             loop {
                 tokio::select! {
                     m = rx.recv() => match m {
-                        Some(text) => if sink.send(Message::Text(text.into())).await.is_err() { break },
+                        Some(text) => {
+                            let len = text.len();
+                            let sent = sink.send(Message::Text(text.into())).await;
+                            queued.fetch_sub(len, Ordering::Relaxed);
+                            if sent.is_err() { break }
+                        }
                         None => break, // the hub dropped us (slow) and the reader is gone
                     },
                     _ = ping.tick() => if sink.send(Message::Ping(Default::default())).await.is_err() { break },
@@ -823,6 +873,33 @@ async fn connection(socket: WebSocket, state: AppState) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_outgoing_queue_is_bounded_in_bytes_too() {
+        let (tx, _rx) = mpsc::channel(OUTGOING_QUEUE);
+        let out = Outgoing {
+            tx,
+            queued: Default::default(),
+        };
+        let big = "x".repeat(60 * 1024);
+        let taken = (0..OUTGOING_QUEUE)
+            .take_while(|_| out.try_send(big.clone()).is_ok())
+            .count();
+        assert_eq!(
+            taken,
+            OUTGOING_BYTES / big.len(),
+            "60 KiB messages in 1 MiB"
+        );
+        assert!(out.nearly_full());
+        // One message larger than the bound still goes out alone.
+        let (tx, _rx) = mpsc::channel(OUTGOING_QUEUE);
+        let out = Outgoing {
+            tx,
+            queued: Default::default(),
+        };
+        assert!(out.try_send("y".repeat(2 * OUTGOING_BYTES)).is_ok());
+        assert!(out.try_send("z".into()).is_err());
+    }
 
     #[test]
     fn only_the_servers_own_pages_and_allowed_origins_open_websockets() {
