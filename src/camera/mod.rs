@@ -685,7 +685,20 @@ impl Camera {
                             .await?
                         }
                         Err(e) => {
-                            tracing::warn!(viewer = %from, error = %e, "renegotiation failed")
+                            // Left as it is, the call would hang half-renegotiated: end it and
+                            // say so, and the viewer may call again.
+                            tracing::warn!(viewer = %from, error = %e, "renegotiation failed; the viewer's call is ended");
+                            self.drop_peer(&from, "renegotiation failed");
+                            let message = format!("the camera could not renegotiate: {e}");
+                            send(
+                                ws,
+                                &ClientMessage::Reject {
+                                    to: from,
+                                    code: "answer-failed".into(),
+                                    message,
+                                },
+                            )
+                            .await?
                         }
                     }
                     return Ok(());

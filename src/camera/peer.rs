@@ -66,6 +66,37 @@ pub enum PeerError {
         "the viewer's offer has no video codec campeer can send (H.264 with packetization-mode=1, or VP8 with the fallback on)"
     )]
     NoCodec,
+    /// A remote candidate campeer will not use (see [`candidate_refusal`]).
+    #[error("candidate ignored: {0}")]
+    Candidate(&'static str),
+}
+
+/// Most remote candidates taken from one viewer (a browser sends a handful; each one costs
+/// connectivity checks, and webrtc-rs compares every new one with all before it).
+pub const MAX_REMOTE_CANDIDATES: usize = 64;
+
+/// Why a remote candidate line is not worth a connectivity check, if it is not: an address no
+/// browser gathers (unspecified, multicast, broadcast) or port 0. The camera would otherwise send
+/// STUN checks wherever a viewer points it.
+pub fn candidate_refusal(line: &str) -> Option<&'static str> {
+    let line = line.strip_prefix("a=").unwrap_or(line);
+    let mut fields = line.split_whitespace();
+    let (addr, port) = (fields.nth(4), fields.next());
+    let (Some(addr), Some(port)) = (addr, port) else {
+        return Some("not a candidate line");
+    };
+    if port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Some("bad port");
+    }
+    if addr.ends_with(".local") {
+        return None; // an mDNS name (resolved only when camera.mdns is on)
+    }
+    match addr.parse::<std::net::IpAddr>() {
+        Err(_) => Some("address is neither an IP address nor an mDNS name"),
+        Ok(ip) if ip.is_unspecified() || ip.is_multicast() => Some("unusable address"),
+        Ok(std::net::IpAddr::V4(v4)) if v4.is_broadcast() => Some("broadcast address"),
+        Ok(_) => None,
+    }
 }
 
 /// The video codec of one viewer's connection.
@@ -269,6 +300,8 @@ pub struct Peer {
     pub codec: VideoCodec,
     /// The H.264 `profile-level-id` its answers state.
     h264_id: Option<String>,
+    /// Remote candidates taken so far.
+    remote_candidates: std::sync::atomic::AtomicUsize,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -560,6 +593,7 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
             cancel,
             codec: setup.codec,
             h264_id,
+            remote_candidates: Default::default(),
             tasks,
         },
         answer_sdp,
@@ -601,6 +635,15 @@ fn stream_level(answer: String, id: Option<&str>) -> String {
 pub async fn add_candidate(peer: &Peer, c: IceCandidate) -> Result<(), PeerError> {
     if c.candidate.is_empty() {
         return Ok(()); // end-of-candidates marker
+    }
+    if let Some(why) = candidate_refusal(&c.candidate) {
+        return Err(PeerError::Candidate(why));
+    }
+    let taken = peer
+        .remote_candidates
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if taken >= MAX_REMOTE_CANDIDATES {
+        return Err(PeerError::Candidate("this viewer sent too many candidates"));
     }
     peer.pc
         .add_ice_candidate(RTCIceCandidateInit {
@@ -884,6 +927,31 @@ async fn rtcp_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn candidates_campeer_would_not_check_are_refused() {
+        let ok = [
+            "candidate:1 1 udp 2122260223 192.0.2.7 54321 typ host",
+            "a=candidate:2 1 udp 2122260223 2001:db8::7 54321 typ host",
+            "candidate:3 1 udp 2122260223 5f1c2a3b-1111-2222-3333-444455556666.local 54321 typ host",
+            "candidate:4 1 tcp 1518280447 192.0.2.7 9 typ host tcptype active",
+        ];
+        for c in ok {
+            assert_eq!(candidate_refusal(c), None, "{c}");
+        }
+        let refused = [
+            "candidate:1 1 udp 2122260223 255.255.255.255 54321 typ host",
+            "candidate:1 1 udp 2122260223 224.0.0.251 5353 typ host",
+            "candidate:1 1 udp 2122260223 0.0.0.0 54321 typ host",
+            "candidate:1 1 udp 2122260223 :: 54321 typ host",
+            "candidate:1 1 udp 2122260223 192.0.2.7 0 typ host",
+            "candidate:1 1 udp 2122260223 evil.example 54321 typ host",
+            "garbage",
+        ];
+        for c in refused {
+            assert!(candidate_refusal(c).is_some(), "{c}");
+        }
+    }
 
     #[test]
     fn h264_in_offer() {
