@@ -104,20 +104,13 @@ fn remote_camera(server_base: &str, room: &str) -> Campeer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_camera_joins_once_the_server_has_room() {
     // The server holds one room, and a viewer is in it (another room than the camera's).
-    let mut server = Campeer::start(
-        &["serve", "--listen", "127.0.0.1:0"],
+    let (_server, base) = serve_with(
+        "127.0.0.1:0",
         &[
             ("CAMPEER__SERVER__OPEN_ROOMS", "[\"*\"]"),
             ("CAMPEER__SERVER__MAX_ROOMS", "1"),
         ],
     );
-    let line = server.wait_stdout("signaling server on", Duration::from_secs(20));
-    let base = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .expect("server address")
-        .trim_end_matches('/')
-        .to_owned();
     let ws_url = format!("{}/ws", base.replace("http://", "ws://"));
     let (squatter, created) = ws_join(&ws_url, "other", "viewer", None).await;
     assert_eq!(created["type"], "created", "{created}");
@@ -146,20 +139,13 @@ async fn a_refused_camera_joins_once_the_server_has_room() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewers_cannot_take_the_cameras_place() {
-    let mut server = Campeer::start(
-        &["serve", "--listen", "127.0.0.1:0"],
+    let (_server, base) = serve_with(
+        "127.0.0.1:0",
         &[
             ("CAMPEER__SERVER__OPEN_ROOMS", "[\"*\"]"),
             ("CAMPEER__SERVER__MAX_PEERS_PER_ROOM", "3"),
         ],
     );
-    let line = server.wait_stdout("signaling server on", Duration::from_secs(20));
-    let base = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .expect("server address")
-        .trim_end_matches('/')
-        .to_owned();
     let ws_url = format!("{}/ws", base.replace("http://", "ws://"));
     // Viewers take every place they can before the camera starts.
     let mut viewers = vec![];

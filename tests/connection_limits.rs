@@ -12,15 +12,7 @@ use tokio::net::{TcpSocket, TcpStream};
 fn serve(env: &[(&str, &str)]) -> (Campeer, String) {
     let mut all = vec![("CAMPEER__SERVER__OPEN_ROOMS", "[\"*\"]")];
     all.extend_from_slice(env);
-    let mut server = Campeer::start(&["serve", "--listen", "127.0.0.1:0"], &all);
-    let line = server.wait_stdout("signaling server on", Duration::from_secs(20));
-    let base = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .expect("server address")
-        .trim_end_matches('/')
-        .to_owned();
-    (server, base)
+    serve_with("127.0.0.1:0", &all)
 }
 
 fn addr_of(base: &str) -> SocketAddr {

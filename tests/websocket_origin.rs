@@ -4,7 +4,6 @@
 
 mod common;
 use common::*;
-use std::time::Duration;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// The HTTP status of a WebSocket handshake to `ws_url` sent with `origin`.
@@ -24,15 +23,7 @@ async fn handshake(ws_url: &str, origin: Option<&str>) -> u16 {
 fn serve(env: &[(&str, &str)]) -> (Campeer, String) {
     let mut all = vec![("CAMPEER__SERVER__OPEN_ROOMS", "[\"*\"]")];
     all.extend_from_slice(env);
-    let mut server = Campeer::start(&["serve", "--listen", "127.0.0.1:0"], &all);
-    let line = server.wait_stdout("signaling server on", Duration::from_secs(20));
-    let base = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .expect("server address")
-        .trim_end_matches('/')
-        .to_owned();
-    (server, base)
+    serve_with("127.0.0.1:0", &all)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

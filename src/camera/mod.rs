@@ -474,6 +474,24 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), cam.tasks.wait()).await;
 }
 
+/// Refuse or end `to`'s call with `code` and a message the viewer's page shows.
+async fn reject(
+    ws: &mut Ws,
+    to: PeerId,
+    code: &str,
+    message: String,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    send(
+        ws,
+        &ClientMessage::Reject {
+            to,
+            code: code.into(),
+            message,
+        },
+    )
+    .await
+}
+
 async fn send(
     ws: &mut Ws,
     msg: &ClientMessage,
@@ -690,15 +708,7 @@ impl Camera {
                             tracing::warn!(viewer = %from, error = %e, "renegotiation failed; the viewer's call is ended");
                             self.drop_peer(&from, "renegotiation failed");
                             let message = format!("the camera could not renegotiate: {e}");
-                            send(
-                                ws,
-                                &ClientMessage::Reject {
-                                    to: from,
-                                    code: "answer-failed".into(),
-                                    message,
-                                },
-                            )
-                            .await?
+                            reject(ws, from, "answer-failed", message).await?
                         }
                     }
                     return Ok(());
@@ -710,15 +720,7 @@ impl Camera {
                         "this camera serves at most {} viewers at once; try again later",
                         self.settings.max_viewers
                     );
-                    return send(
-                        ws,
-                        &ClientMessage::Reject {
-                            to: from,
-                            code: "max-viewers".into(),
-                            message,
-                        },
-                    )
-                    .await;
+                    return reject(ws, from, "max-viewers", message).await;
                 }
                 let ice = self.webrtc_ice_servers().await;
                 let has_turn = ice
@@ -749,15 +751,7 @@ impl Camera {
                             "this camera sends H.264 {h264}, which this browser does not offer to decode"
                         )
                     };
-                    return send(
-                        ws,
-                        &ClientMessage::Reject {
-                            to: from,
-                            code: "no-h264".into(),
-                            message,
-                        },
-                    )
-                    .await;
+                    return reject(ws, from, "no-h264", message).await;
                 };
                 let (video, keyframes) = match (codec, &self.media.vp8) {
                     (peer::VideoCodec::Vp8, Some(vp8)) => {
@@ -808,15 +802,7 @@ impl Camera {
                     Err(e) => {
                         tracing::warn!(viewer = %from, error = %e, "cannot answer viewer's offer");
                         let message = format!("the camera could not answer: {e}");
-                        send(
-                            ws,
-                            &ClientMessage::Reject {
-                                to: from,
-                                code: "answer-failed".into(),
-                                message,
-                            },
-                        )
-                        .await?;
+                        reject(ws, from, "answer-failed", message).await?;
                     }
                 }
             }

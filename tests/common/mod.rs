@@ -525,10 +525,13 @@ pub fn start_server(open_rooms: &str) -> (Campeer, String) {
 
 /// [`start_server`] listening on `listen`.
 pub fn start_server_on(listen: &str, open_rooms: &str) -> (Campeer, String) {
-    let mut server = Campeer::start(
-        &["serve", "--listen", listen],
-        &[("CAMPEER__SERVER__OPEN_ROOMS", open_rooms)],
-    );
+    serve_with(listen, &[("CAMPEER__SERVER__OPEN_ROOMS", open_rooms)])
+}
+
+/// `campeer serve` listening on `listen` with these environment overrides; returns it with its
+/// base URL.
+pub fn serve_with(listen: &str, env: &[(&str, &str)]) -> (Campeer, String) {
+    let mut server = Campeer::start(&["serve", "--listen", listen], env);
     let line = server.wait_stdout("signaling server on", Duration::from_secs(20));
     let base = line
         .split_whitespace()
