@@ -309,21 +309,42 @@ async fn unplugged_camera_comes_back_to_the_same_viewer() {
 async fn busy_camera_is_named_and_retried() {
     require_devices();
     let vivid = vivid();
-    // Another program streams from the camera first.
+    // Another program streams from the camera first: it holds it once its frames arrive (an
+    // emulated VM on a busy host can take seconds to get there).
+    let frames = std::env::temp_dir().join(format!("busy-{}.raw", std::process::id()));
     let other = Gst::start(&format!(
-        "v4l2src device={vivid} ! video/x-raw,width=640,height=480,framerate=25/1 ! fakesink"
+        "v4l2src device={vivid} ! video/x-raw,width=640,height=480,framerate=25/1 ! \
+         videorate max-rate=1 ! videoscale ! video/x-raw,width=16,height=12 ! filesink location={}",
+        frames.display()
     ));
-    std::thread::sleep(Duration::from_secs(3));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&frames).map_or(0, |m| m.len()) == 0 {
+        assert!(Instant::now() < deadline, "the other program never streamed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (mut cam, url) = camera(&format!("v4l2:{vivid}"), "none", ("640", "480", "25"));
-    let err = cam.wait_log("cannot start capture", Duration::from_secs(30));
+    // Each failed start is logged; one of them (a start can also time out on a slow VM) says
+    // the device is busy and names it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let err = loop {
+        let logs = cam.logs();
+        if let Some(l) = logs
+            .lines()
+            .find(|l| l.contains("cannot start capture") && l.to_lowercase().contains("busy"))
+        {
+            break l.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no start error says the device is busy:\n{logs}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert!(err.contains(&vivid), "the error names the device: {err}");
-    assert!(
-        err.to_lowercase().contains("busy"),
-        "the error says the device is busy: {err}"
-    );
     // Retried: once the other program lets go, the viewer gets video.
     cam.wait_log("media pipeline still failing", Duration::from_secs(10));
     drop(other);
+    let _ = std::fs::remove_file(&frames);
     let viewer = RtcViewer::connect(&url).await;
     let picture = viewer.wait_frames(10, Duration::from_secs(60)).await;
     assert_eq!((picture.width, picture.height), (640, 480));
