@@ -314,7 +314,8 @@ async fn busy_camera_is_named_and_retried() {
     let frames = std::env::temp_dir().join(format!("busy-{}.raw", std::process::id()));
     let other = Gst::start(&format!(
         "v4l2src device={vivid} ! video/x-raw,width=640,height=480,framerate=25/1 ! \
-         videorate max-rate=1 ! videoscale ! video/x-raw,width=16,height=12 ! filesink location={}",
+         videorate max-rate=1 ! videoscale ! video/x-raw,width=16,height=12 ! \
+         filesink buffer-mode=unbuffered location={}",
         frames.display()
     ));
     let deadline = Instant::now() + Duration::from_secs(60);
