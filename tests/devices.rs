@@ -320,7 +320,10 @@ async fn busy_camera_is_named_and_retried() {
     ));
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::fs::metadata(&frames).map_or(0, |m| m.len()) == 0 {
-        assert!(Instant::now() < deadline, "the other program never streamed");
+        assert!(
+            Instant::now() < deadline,
+            "the other program never streamed"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let (mut cam, url) = camera(&format!("v4l2:{vivid}"), "none", ("640", "480", "25"));
