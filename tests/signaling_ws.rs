@@ -542,7 +542,7 @@ async fn binary_and_ping_floods_are_rate_limited_and_closed() {
         loop {
             match tokio::time::timeout(Duration::from_secs(3), c.ws.next()).await {
                 Ok(Some(Ok(Message::Text(t)))) => {
-                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    let v: Value = serde_json::from_str(t.as_str()).expect("the server sends JSON");
                     match v["code"].as_str() {
                         Some("bad-json") => bad_json += 1,
                         Some("rate-limited") => {}

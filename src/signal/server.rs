@@ -723,7 +723,7 @@ async fn connection(socket: WebSocket, state: AppState) {
         tx,
         queued: Default::default(),
     };
-    // Cancelled by the hub (too slow, never joined) or by this reader: closes both tasks.
+    // Cancelled by the hub (too slow, never joined): closes both tasks.
     let kick = CancellationToken::new();
     let camera = Arc::new(AtomicBool::new(false));
     if state
@@ -741,10 +741,10 @@ async fn connection(socket: WebSocket, state: AppState) {
     }
     let (mut sink, mut stream) = socket.split();
     let ping_every = state.limits.idle_timeout / 3;
-    let writer_stop = CancellationToken::new();
+    // Stops the writer: the reader's own timeout after it ends, or the hub's kick.
+    let writer_stop = kick.child_token();
     let writer = {
         let stop = writer_stop.clone();
-        let kick = kick.clone();
         let queued = tx.queued.clone();
         tokio::spawn(async move {
             let mut ping = tokio::time::interval(ping_every);
@@ -762,7 +762,6 @@ async fn connection(socket: WebSocket, state: AppState) {
                     },
                     _ = ping.tick() => if sink.send(Message::Ping(Default::default())).await.is_err() { break },
                     _ = stop.cancelled() => break,
-                    _ = kick.cancelled() => break,
                 }
             }
             let _ = sink.send(Message::Close(None)).await;
@@ -774,8 +773,8 @@ async fn connection(socket: WebSocket, state: AppState) {
     let mut last_notice: Option<Instant> = None;
     let send_own = |msg: ServerMessage| {
         state.counters.errors_sent.fetch_add(1, Ordering::Relaxed);
-        // Only the reader adds these, and never more than a few a second; a queue full of the
-        // hub's messages is the hub's to handle.
+        // Only the reader adds these, within the rate limit; a queue full of the hub's
+        // messages is the hub's to handle.
         let _ = tx.try_send(msg.to_json());
     };
     loop {
