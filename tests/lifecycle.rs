@@ -42,9 +42,11 @@ fn notifies_ready_and_watchdog_then_stops_on_sigterm_within_2s() {
             Err(e) => panic!("no notification: {e}; got {got:?}\n{}", cam.logs()),
         }
     }
-    // READY=1 comes only once the camera has joined its room: the page URL is printed by then.
+    // READY=1 comes only once the camera has joined its room: the page URL is printed by then,
+    // and the join was logged. stdout and stderr are read by separate threads, so the log line
+    // may reach the test a moment after the page URL: wait briefly rather than peek.
     cam.wait_stdout("/room/camera", Duration::from_secs(5));
-    assert!(cam.logs().contains("joined room as camera"));
+    cam.wait_log("joined room as camera", Duration::from_secs(2));
 
     let t = Instant::now();
     cam.signal(libc::SIGTERM);
