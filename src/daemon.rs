@@ -7,10 +7,12 @@
 use crate::camera::peer::{PeerStats, VideoCodec};
 use crate::camera::{self, CameraAuth, CameraSettings, CameraState};
 use crate::config::{Config, TransportPolicy};
+use crate::media::bus::Demand;
 use crate::media::encoder::EncodeSettings;
 use crate::media::pipeline::{MediaPipeline, MediaSettings, PipelineError};
 use crate::media::source::{AudioSource, VideoSource};
 use crate::notify;
+use crate::outputs::snapshot::{self, Snapshots};
 use crate::signal::admission::Admission;
 use crate::signal::ice::IceProvider;
 use crate::signal::protocol::Role;
@@ -234,6 +236,8 @@ struct CameraObserver {
     stall: Duration,
     /// Whether capture is wanted now (always-on, or viewers present).
     demand: watch::Receiver<bool>,
+    /// `/snapshot.jpg`.
+    snapshots: Arc<Snapshots>,
 }
 
 impl Observer for CameraObserver {
@@ -324,6 +328,12 @@ impl Observer for CameraObserver {
                 ));
             }
         }
+        out.push_str(&format!(
+            "# TYPE campeer_snapshot_requests_total counter\ncampeer_snapshot_requests_total {}\n\
+             # TYPE campeer_snapshot_conversions_total counter\ncampeer_snapshot_conversions_total {}\n",
+            self.snapshots.requests.load(Ordering::Relaxed),
+            self.snapshots.conversions(),
+        ));
         if let Some(vp8) = &self.media.vp8 {
             out.push_str(&format!(
                 "# TYPE campeer_vp8_frames_encoded_total counter\ncampeer_vp8_frames_encoded_total {}\n\
@@ -334,7 +344,14 @@ impl Observer for CameraObserver {
         }
         out
     }
+
+    fn routes(&self) -> Option<axum::Router> {
+        Some(snapshot::routes(self.snapshots.clone()))
+    }
 }
+
+/// How long a snapshot request waits for a picture (an idle camera starts first).
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn media_settings(config: &Config) -> Result<MediaSettings, PipelineError> {
     // Both parsed by Config::validate already; a failure here is a bug reported as a build error.
@@ -501,34 +518,34 @@ fn spawn_media_supervisor(
     });
 }
 
-/// Capture demand from the viewer count: on with the first viewer, off `idle_stop` after the
-/// last one leaves.
+/// Capture demand from the consumer count (viewers, snapshots): on with the first consumer, off
+/// `idle_stop` after the last one leaves.
 fn spawn_demand(
     tasks: &TaskTracker,
     shutdown: CancellationToken,
-    mut viewers: watch::Receiver<usize>,
+    mut consumers: watch::Receiver<usize>,
     demand: watch::Sender<bool>,
     idle_stop: Duration,
 ) {
     tasks.spawn(async move {
         loop {
-            let n = *viewers.borrow_and_update();
+            let n = *consumers.borrow_and_update();
             if n > 0 {
                 demand.send_replace(true);
             } else if *demand.borrow() {
                 tokio::select! {
                     _ = tokio::time::sleep(idle_stop) => {
-                        if *viewers.borrow() == 0 {
+                        if *consumers.borrow() == 0 {
                             demand.send_replace(false);
                         }
                         continue;
                     }
-                    r = viewers.changed() => { if r.is_err() { break } continue }
+                    r = consumers.changed() => { if r.is_err() { break } continue }
                     _ = shutdown.cancelled() => break,
                 }
             }
             tokio::select! {
-                r = viewers.changed() => if r.is_err() { break },
+                r = consumers.changed() => if r.is_err() { break },
                 _ = shutdown.cancelled() => break,
             }
         }
@@ -576,7 +593,8 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let (demand_tx, demand_rx) = watch::channel(always_on);
-    let (viewers_tx, viewers_rx) = watch::channel(0usize);
+    // Every consumer's share: the room's viewers, snapshots being taken.
+    let consumers = Demand::new();
     spawn_media_supervisor(
         media.clone(),
         &tasks,
@@ -585,14 +603,12 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         demand_rx.clone(),
         config.camera.stall_timeout,
     );
-    if always_on {
-        drop(viewers_rx);
-    } else {
+    if !always_on {
         tracing::info!(idle_stop = ?config.camera.idle_stop, "capture starts with the first viewer");
         spawn_demand(
             &tasks,
             shutdown.clone(),
-            viewers_rx,
+            consumers.watch(),
             demand_tx,
             config.camera.idle_stop,
         );
@@ -613,6 +629,17 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
             camera: camera_state.clone(),
             stall: config.camera.stall_timeout,
             demand: demand_rx.clone(),
+            snapshots: Arc::new(Snapshots::new(
+                media.clone(),
+                consumers.clone(),
+                Access {
+                    key: k.clone(),
+                    open_rooms: config.server.open_rooms.iter().cloned().collect(),
+                },
+                config.camera.room.clone(),
+                settings.encode.framerate,
+                SNAPSHOT_TIMEOUT,
+            )),
         });
         let server = SignalServer::start(
             listener,
@@ -692,7 +719,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         udp_addrs: config.camera.rtc_bind.clone(),
         mdns: config.camera.mdns,
         playout_delay_zero: config.camera.latency == crate::config::LatencyMode::Lowest,
-        viewer_count: Some(viewers_tx),
+        viewer_demand: Some(Arc::new(consumers.counter())),
         signal_ca: config.camera.signal_ca.clone(),
     };
     // Keep-alives start now: waiting for an unreachable remote server is not a hang.

@@ -3,8 +3,8 @@
 //! in its room, with its own signaling server and viewer page.
 //!
 //! Modules: [`config`] (TOML + env + flags), [`signal`] (rooms, protocol, tokens, server, pages),
-//! [`media`] (sources, encoder choice, the pipeline and its fan-out), [`camera`] (the WebRTC
-//! side: one connection per viewer), [`daemon`] (lifecycle of `run` and `serve`), [`devices`],
+//! [`media`] (sources, encoder choice, the pipeline, the bus its consumers share), [`camera`]
+//! (the WebRTC side: one connection per viewer), [`outputs`] (snapshots), [`daemon`] (lifecycle of `run` and `serve`), [`devices`],
 //! [`notify`] (systemd).
 
 pub mod camera;
@@ -14,4 +14,5 @@ pub mod daemon;
 pub mod devices;
 pub mod media;
 pub mod notify;
+pub mod outputs;
 pub mod signal;

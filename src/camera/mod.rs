@@ -83,8 +83,9 @@ pub struct CameraSettings {
     pub mdns: bool,
     /// Latency mode `lowest`: playout-delay min=max=0 on every video packet.
     pub playout_delay_zero: bool,
-    /// Told the number of live viewers whenever it changes (on-demand capture).
-    pub viewer_count: Option<watch::Sender<usize>>,
+    /// The room's viewers' share of capture demand, set whenever their number changes
+    /// (on-demand capture).
+    pub viewer_demand: Option<Arc<crate::media::bus::DemandCounter>>,
     /// Extra trust anchors for a `wss://` signaling server (a private CA or self-signed
     /// certificate), besides the system's roots.
     pub signal_ca: Option<std::path::PathBuf>,
@@ -640,8 +641,8 @@ impl Camera {
     }
 
     fn publish_count(&self) {
-        if let Some(tx) = &self.settings.viewer_count {
-            tx.send_replace(self.peers.len());
+        if let Some(demand) = &self.settings.viewer_demand {
+            demand.set(self.peers.len());
         }
     }
 

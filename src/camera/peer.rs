@@ -7,6 +7,7 @@
 //! webrtc-rs callbacks hold no reference to the connection: they only forward events by channel.
 
 use super::rtcp::KeyframeRequestForwarder;
+use crate::media::bus::{Delivery, Subscription};
 use crate::media::h264::{self, SpsProfile};
 use crate::media::pipeline::{EncodedFrame, KeyframeRequester};
 use crate::signal::protocol::{IceCandidate, PeerId};
@@ -855,37 +856,32 @@ async fn feed(
         }
     }
     let mut out = RtpOut::new(f.video);
-    let mut waiting_for_key = f.video.is_some() && early.is_empty();
+    let waiting_for_key = f.video.is_some() && early.is_empty();
     for frame in early.drain(..) {
         out.send(&f, &frame).await;
     }
+    let keyframes = f
+        .keyframes
+        .clone()
+        .map(|k| Arc::new(k) as Arc<dyn crate::media::bus::KeyframeSource>);
+    let mut sub = Subscription::resume(rx, keyframes, waiting_for_key);
     loop {
-        let frame = tokio::select! {
-            r = rx.recv() => r,
+        let delivery = tokio::select! {
+            d = sub.next() => d,
             _ = cancel.cancelled() => return,
         };
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                f.stats.lagged.fetch_add(1, Ordering::Relaxed);
-                f.stats.frames_skipped.fetch_add(n, Ordering::Relaxed);
-                tracing::debug!(viewer = %f.viewer, skipped = n, "viewer lagging; skipping to the next keyframe");
-                if let Some(k) = &f.keyframes {
-                    waiting_for_key = true;
-                    k.request();
-                }
-                continue;
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        if waiting_for_key {
-            if !frame.keyframe {
+        match delivery {
+            None => return,
+            Some(Delivery::Frame(frame)) => out.send(&f, &frame).await,
+            Some(Delivery::Skipped) => {
                 f.stats.frames_skipped.fetch_add(1, Ordering::Relaxed);
-                continue;
             }
-            waiting_for_key = false;
+            Some(Delivery::Lagged { skipped }) => {
+                f.stats.lagged.fetch_add(1, Ordering::Relaxed);
+                f.stats.frames_skipped.fetch_add(skipped, Ordering::Relaxed);
+                tracing::debug!(viewer = %f.viewer, skipped, "viewer lagging; skipping to the next keyframe");
+            }
         }
-        out.send(&f, &frame).await;
     }
 }
 

@@ -119,6 +119,12 @@ struct KeyframeState {
     scheduled: bool,
 }
 
+impl super::bus::KeyframeSource for KeyframeRequester {
+    fn request_keyframe(&self) {
+        self.request();
+    }
+}
+
 impl KeyframeRequester {
     fn new(stats: Arc<MediaStats>) -> Self {
         Self {
@@ -203,6 +209,9 @@ pub struct MediaPipeline {
     camera_kbps: std::sync::atomic::AtomicU32,
     /// The VP8 branch, when the fallback is on.
     pub vp8: Option<Vp8Branch>,
+    /// The JPEG branch for snapshots (none when the source's H.264 is passed through: there is
+    /// no raw picture to convert).
+    pub snapshots: Option<SnapshotBranch>,
     /// Keyframe requests.
     pub keyframes: KeyframeRequester,
     /// Counters.
@@ -262,16 +271,22 @@ pub fn describe(settings: &MediaSettings, kind: EncoderKind) -> (String, Option<
     }
     let h264 = format!("{queue} ! {} ! {sink}", encoder::launch_fragment(kind, s));
     let source = source::video_launch(&settings.video, s.width, s.height, s.framerate);
-    let video = if settings.vp8_fallback {
-        format!(
-            "{source} ! tee name=rawtee allow-not-linked=true  rawtee. ! {h264}  \
-             rawtee. ! valve name=vp8valve drop=true ! {queue} ! {} ! \
+    // Snapshots: one raw picture at a time is let through the gate on `jpegq`'s input (see
+    // SnapshotBranch); the rest are dropped before they are queued, so the branch holds no
+    // capture buffer and costs nothing between snapshots.
+    let mut video = format!(
+        "{source} ! tee name=rawtee allow-not-linked=true  rawtee. ! {h264}  \
+         rawtee. ! queue name=jpegq max-size-buffers=1 max-size-time=0 max-size-bytes=0 \
+         leaky=downstream ! videoconvert ! jpegenc quality={SNAPSHOT_QUALITY} ! \
+         appsink name=jpeg sync=false async=false max-buffers=1 drop=true"
+    );
+    if settings.vp8_fallback {
+        video.push_str(&format!(
+            "  rawtee. ! valve name=vp8valve drop=true ! {queue} ! {} ! \
              appsink name=vp8 sync=false async=false max-buffers=8 drop=true",
             encoder::vp8_fragment(s)
-        )
-    } else {
-        format!("{source} ! {h264}")
-    };
+        ));
+    }
     (video, audio_desc(settings))
 }
 
@@ -304,6 +319,32 @@ pub fn ends_in_h264(desc: &str) -> bool {
     });
     let _ = bin.set_state(gst::State::Null);
     h264
+}
+
+/// JPEG quality of snapshots (jpegenc's 0-100 scale).
+const SNAPSHOT_QUALITY: u32 = 85;
+
+/// Pictures for snapshots: a gate on the raw video that lets one frame through each time it is
+/// armed, into jpegenc, and the JPEGs that come out. Arming it while a picture is on its way
+/// does not cost a second conversion.
+pub struct SnapshotBranch {
+    /// JPEGs, one per armed gate.
+    pub jpeg: broadcast::Sender<Arc<EncodedFrame>>,
+    /// Conversions done (`frames`) and their bytes.
+    pub stats: Arc<MediaStats>,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SnapshotBranch {
+    /// Let the next raw picture through to the JPEG encoder.
+    pub fn arm(&self) {
+        self.armed.store(true, Ordering::Relaxed);
+    }
+
+    /// Nobody waits any more: let no picture through.
+    pub fn disarm(&self) {
+        self.armed.store(false, Ordering::Relaxed);
+    }
 }
 
 /// The VP8 encode for viewers without H.264: its frames, keyframe requests and counters, and
@@ -560,6 +601,35 @@ impl MediaPipeline {
                 gst::PadProbeReturn::Ok
             });
         }
+        let snapshots = if kind == EncoderKind::Passthrough {
+            None
+        } else {
+            let sink = appsink(&pipeline, "jpeg")?;
+            let gate = pipeline
+                .by_name("jpegq")
+                .and_then(|q| q.static_pad("sink"))
+                .ok_or(PipelineError::Build {
+                    what: "snapshot",
+                    message: "queue jpegq missing".into(),
+                })?;
+            let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let open = armed.clone();
+            gate.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                if open.swap(false, Ordering::Relaxed) {
+                    gst::PadProbeReturn::Ok
+                } else {
+                    gst::PadProbeReturn::Drop
+                }
+            });
+            let stats = Arc::new(MediaStats::default());
+            let (tx, _) = broadcast::channel(2);
+            install_sink(&sink, tx.clone(), stats.clone(), Kind::Jpeg);
+            Some(SnapshotBranch {
+                jpeg: tx,
+                stats,
+                armed,
+            })
+        };
         let vp8 = if settings.vp8_fallback {
             let sink = appsink(&pipeline, "vp8")?;
             let valve = pipeline.by_name("vp8valve").ok_or(PipelineError::Build {
@@ -583,6 +653,7 @@ impl MediaPipeline {
         };
         Ok(MediaPipeline {
             vp8,
+            snapshots,
             pipeline,
             video: video_tx,
             audio: audio_tx,
@@ -824,6 +895,8 @@ enum Kind {
     H264(Arc<Mutex<Option<SpsProfile>>>),
     /// VP8 frames.
     Vp8,
+    /// JPEG pictures.
+    Jpeg,
     /// Opus packets.
     Audio,
 }

@@ -131,6 +131,11 @@ pub trait Observer: Send + Sync + 'static {
     fn health(&self) -> Result<(), String>;
     /// Extra Prometheus text appended to `/metrics`.
     fn metrics(&self) -> String;
+    /// HTTP routes the daemon serves beside the rooms (`/snapshot.jpg`), under the same
+    /// listeners, limits and security headers.
+    fn routes(&self) -> Option<axum::Router> {
+        None
+    }
 }
 
 /// A server with nothing to add: always healthy.
@@ -246,6 +251,7 @@ impl SignalServer {
         let header_timeout = limits.header_timeout;
         let (hub_tx, hub_rx) = mpsc::channel(1024);
         let counters = Arc::new(Counters::default());
+        let observer_routes = observer.routes();
         tasks.spawn(hub_loop(
             router,
             hub_rx,
@@ -295,8 +301,12 @@ impl SignalServer {
             .route("/ws", get(ws_upgrade))
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics))
-            .layer(axum::middleware::map_response(security_headers))
             .with_state(state);
+        let app = match observer_routes {
+            Some(extra) => app.merge(extra),
+            None => app,
+        }
+        .layer(axum::middleware::map_response(security_headers));
         let server = SignalServer {
             local_addr,
             hub: hub_tx,

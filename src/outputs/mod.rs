@@ -1,0 +1,5 @@
+//! Ways out of the one encode besides the room's WebRTC viewers (which live in [`crate::camera`]):
+//! each takes its frames from the media bus ([`crate::media::bus`]) and holds a share of capture
+//! demand while it works.
+
+pub mod snapshot;

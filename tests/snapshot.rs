@@ -1,0 +1,244 @@
+//! `GET /snapshot.jpg`: a JPEG of the current picture at the configured size, behind the room's
+//! own access rule, shared by concurrent requests, and waking an idle on-demand camera.
+
+mod common;
+use common::rtc_viewer::{Picture, assert_smpte_bars};
+use common::*;
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A response: status, headers (lower-case names) and body bytes.
+struct Reply {
+    status: u16,
+    headers: String,
+    body: Vec<u8>,
+}
+
+fn request(base: &str, path: &str, extra: &str) -> String {
+    let host = base.trim_start_matches("http://");
+    format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n{extra}\r\n")
+}
+
+async fn read_reply(mut s: tokio::net::TcpStream) -> Reply {
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read response");
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header block");
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Reply {
+        status,
+        headers: head.to_ascii_lowercase(),
+        body: buf[split + 4..].to_vec(),
+    }
+}
+
+async fn get(base: &str, path: &str, extra: &str) -> Reply {
+    let host = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
+    s.write_all(request(base, path, extra).as_bytes())
+        .await
+        .expect("send request");
+    read_reply(s).await
+}
+
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+}
+
+/// Decode a JPEG with GStreamer's jpegdec into RGB.
+fn decode_jpeg(jpeg: &[u8]) -> Picture {
+    gst::init().unwrap();
+    let pipeline = gst::parse::launch(
+        "appsrc name=src ! jpegdec ! videoconvert ! video/x-raw,format=RGB ! appsink name=sink",
+    )
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = pipeline
+        .by_name("src")
+        .unwrap()
+        .downcast::<gstreamer_app::AppSrc>()
+        .unwrap();
+    let sink = pipeline
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gstreamer_app::AppSink>()
+        .unwrap();
+    src.set_caps(Some(&gst::Caps::builder("image/jpeg").build()));
+    pipeline.set_state(gst::State::Playing).unwrap();
+    src.push_buffer(gst::Buffer::from_slice(jpeg.to_vec()))
+        .unwrap();
+    src.end_of_stream().unwrap();
+    let sample = sink
+        .try_pull_sample(gst::ClockTime::from_seconds(10))
+        .expect("the JPEG decodes");
+    let s = sample.caps().unwrap().structure(0).unwrap();
+    let (width, height) = (
+        s.get::<i32>("width").unwrap() as u32,
+        s.get::<i32>("height").unwrap() as u32,
+    );
+    let map = sample.buffer().unwrap().map_readable().unwrap();
+    // RGB rows are padded to 4 bytes.
+    let stride = (width as usize * 3).div_ceil(4) * 4;
+    let mut rgb = Vec::with_capacity(width as usize * height as usize * 3);
+    for row in map.as_slice().chunks(stride).take(height as usize) {
+        rgb.extend_from_slice(&row[..width as usize * 3]);
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    Picture { width, height, rgb }
+}
+
+fn camera_token(cam: &Campeer) -> String {
+    let out = std::process::Command::new(bin())
+        .args([
+            "token", "--room", "camera", "--role", "camera", "--ttl", "1h",
+        ])
+        .env(
+            "CAMPEER__SERVER__SECRET_FILE",
+            format!("\"{}\"", cam.dir.path().join("secret").display()),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_token_gets_the_current_picture_and_others_a_clear_refusal() {
+    let (cam, url) = start_camera(
+        &[],
+        &[
+            ("CAMPEER__VIDEO__WIDTH", "640"),
+            ("CAMPEER__VIDEO__HEIGHT", "480"),
+            ("CAMPEER__VIDEO__FRAMERATE", "10"),
+        ],
+    );
+    let base = base_of(&url);
+    let (_, token) = ws_of(&url);
+    let token = token.expect("the room URL carries a viewer token");
+
+    // The token in the query, as a browser or Home Assistant's generic camera sends it.
+    let reply = get(&base, &format!("/snapshot.jpg?token={token}"), "").await;
+    assert_eq!(reply.status, 200, "{}", reply.headers);
+    assert!(reply.headers.contains("content-type: image/jpeg"));
+    assert!(reply.headers.contains("cache-control: no-store"));
+    let picture = decode_jpeg(&reply.body);
+    assert_eq!((picture.width, picture.height), (640, 480));
+    assert_smpte_bars(&picture);
+
+    // As a bearer token, as scripts send it.
+    let reply = get(
+        &base,
+        "/snapshot.jpg",
+        &format!("Authorization: Bearer {token}\r\n"),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(decode_jpeg(&reply.body).width, 640);
+
+    // No token, a garbled one, and the camera's own (the wrong role): refused with a reason.
+    let reply = get(&base, "/snapshot.jpg", "").await;
+    assert_eq!(reply.status, 401);
+    assert!(reply.headers.contains("www-authenticate: bearer"));
+    assert!(
+        String::from_utf8_lossy(&reply.body).contains("needs a viewer token"),
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let reply = get(&base, "/snapshot.jpg?token=v1.garbage.sig", "").await;
+    assert_eq!(reply.status, 401);
+    assert!(String::from_utf8_lossy(&reply.body).contains("signature"));
+    let reply = get(
+        &base,
+        &format!("/snapshot.jpg?token={}", camera_token(&cam)),
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, 403);
+    assert!(String::from_utf8_lossy(&reply.body).contains("role camera"));
+
+    // Twenty requests at once: every one gets a picture, and one JPEG was made for them all.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = http_get(&base, "/metrics").await.1;
+    let before = counter(&metrics, "campeer_snapshot_conversions_total");
+    let host = base.trim_start_matches("http://").to_owned();
+    let mut conns = Vec::new();
+    for _ in 0..20 {
+        conns.push(tokio::net::TcpStream::connect(&host).await.unwrap());
+    }
+    let req = request(&base, &format!("/snapshot.jpg?token={token}"), "");
+    let replies = futures_util::future::join_all(conns.into_iter().map(|mut s| {
+        let req = req.clone();
+        async move {
+            s.write_all(req.as_bytes()).await.unwrap();
+            read_reply(s).await
+        }
+    }))
+    .await;
+    for r in &replies {
+        assert_eq!(r.status, 200, "{}", r.headers);
+        assert_eq!(&r.body[..2], &[0xff, 0xd8], "a JPEG");
+    }
+    let metrics = http_get(&base, "/metrics").await.1;
+    let after = counter(&metrics, "campeer_snapshot_conversions_total");
+    assert_eq!(after - before, 1, "conversions for 20 concurrent requests");
+    assert!(counter(&metrics, "campeer_snapshot_requests_total") >= 25);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_on_demand_camera_wakes_for_a_snapshot_and_sleeps_again() {
+    let (mut cam, url) = start_camera(
+        &[],
+        &[
+            ("CAMPEER__CAMERA__ALWAYS_ON", "false"),
+            ("CAMPEER__CAMERA__IDLE_STOP", "\"1s\""),
+            ("CAMPEER__VIDEO__WIDTH", "320"),
+            ("CAMPEER__VIDEO__HEIGHT", "240"),
+        ],
+    );
+    let base = base_of(&url);
+    let (_, token) = ws_of(&url);
+    let token = token.expect("the room URL carries a viewer token");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let metrics = http_get(&base, "/metrics").await.1;
+    assert_eq!(
+        counter(&metrics, "campeer_frames_encoded_total"),
+        0,
+        "capturing while idle"
+    );
+
+    let t = Instant::now();
+    let reply = get(&base, &format!("/snapshot.jpg?token={token}"), "").await;
+    let took = t.elapsed();
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let picture = decode_jpeg(&reply.body);
+    assert_eq!((picture.width, picture.height), (320, 240));
+    assert_smpte_bars(&picture);
+    eprintln!("snapshot of an idle camera: {took:?}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+
+    // Nobody else wants capture: it stops idle-stop later.
+    cam.wait_log("capture stopped", Duration::from_secs(10));
+}
