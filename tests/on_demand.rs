@@ -37,7 +37,13 @@ async fn capture_runs_only_while_someone_watches() {
 
     // A viewer arrives: capture starts and the page decodes.
     let browser = Browser::launch();
+    let opened = Instant::now();
     let mut page = browser.open(&url).await;
+    page.wait_frames(1, Duration::from_secs(30)).await;
+    eprintln!(
+        "first frame of an idle camera's first viewer: {:?} after opening the page",
+        opened.elapsed()
+    );
     let tile = page.wait_frames(30, Duration::from_secs(30)).await;
     assert_eq!(tile.frame_width, 640);
     cam.wait_log("capture started", Duration::from_secs(1));

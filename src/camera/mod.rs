@@ -297,6 +297,9 @@ struct Camera {
     media: Arc<MediaPipeline>,
     state: Arc<CameraState>,
     peers: HashMap<PeerId, Peer>,
+    /// Viewers in the room that have not called yet: capture starts for them already, so the
+    /// camera warms up while their offer, ICE and DTLS are under way.
+    arriving: std::collections::HashSet<PeerId>,
     /// The signaling session (counted from 1 at each `created`) each viewer called in.
     peer_session: HashMap<PeerId, u64>,
     session: u64,
@@ -324,6 +327,7 @@ pub async fn run(
         media,
         state,
         peers: HashMap::new(),
+        arriving: Default::default(),
         peer_session: HashMap::new(),
         session: 0,
         server_ice: vec![],
@@ -432,6 +436,9 @@ pub async fn run(
                 }
             }
         };
+        // Who was about to call is learnt again from the next `created`.
+        cam.arriving.clear();
+        cam.publish_count();
         if cam.state.joined.swap(false, Ordering::Relaxed) {
             cam.state
                 .out_of_room_since_ms
@@ -642,7 +649,12 @@ impl Camera {
 
     fn publish_count(&self) {
         if let Some(demand) = &self.settings.viewer_demand {
-            demand.set(self.peers.len());
+            let arriving = self
+                .arriving
+                .iter()
+                .filter(|id| !self.peers.contains_key(*id))
+                .count();
+            demand.set(self.peers.len() + arriving);
         }
     }
 
@@ -676,14 +688,30 @@ impl Camera {
                 self.state.joined.store(true, Ordering::Relaxed);
                 self.session += 1;
                 self.server_ice = ice_servers;
-                let viewers = peers.iter().filter(|p| p.role == Role::Viewer).count();
+                // Viewers already in the room will call: capture starts for them now.
+                self.arriving = peers
+                    .iter()
+                    .filter(|p| p.role == Role::Viewer)
+                    .map(|p| p.id.clone())
+                    .take(self.settings.max_viewers)
+                    .collect();
+                self.publish_count();
+                let viewers = self.arriving.len();
                 tracing::info!(camera = %id, room = %room, viewers_waiting = viewers, "joined room as camera");
                 self.check_turn_servers().await;
             }
             ServerMessage::Joined { id, role, name, .. } => {
                 tracing::debug!(peer = %id, %role, name = %name, "peer joined the room");
+                if role == Role::Viewer && self.arriving.len() < self.settings.max_viewers {
+                    self.arriving.insert(id);
+                    self.publish_count();
+                }
             }
             ServerMessage::Offer { from, sdp } => {
+                // It has called: from here on it counts as a peer, or not at all if refused.
+                if self.arriving.remove(&from) {
+                    self.publish_count();
+                }
                 if self.peers.contains_key(&from)
                     && self.peer_session.get(&from) != Some(&self.session)
                 {
@@ -814,7 +842,12 @@ impl Camera {
                     }
                 }
             }
-            ServerMessage::Exit { from, .. } => self.drop_peer(&from, "left the room"),
+            ServerMessage::Exit { from, .. } => {
+                if self.arriving.remove(&from) {
+                    self.publish_count();
+                }
+                self.drop_peer(&from, "left the room")
+            }
             ServerMessage::Answer { from, .. } => {
                 tracing::debug!(peer = %from, "unexpected answer (the camera never offers); ignored");
             }

@@ -169,10 +169,7 @@ impl Snapshots {
 
     /// Let one raw picture through to the JPEG encoder (starting capture if it is idle) and
     /// publish what comes out, or why nothing did.
-    async fn convert(
-        self: Arc<Self>,
-        tx: watch::Sender<Outcome>,
-    ) {
+    async fn convert(self: Arc<Self>, tx: watch::Sender<Outcome>) {
         let Some(branch) = self.media.snapshots.as_ref() else {
             return;
         };
