@@ -87,6 +87,10 @@ pub struct CameraConfig {
     /// `/healthz` reports unhealthy, and capture restarts, when no frame came for this long.
     #[serde(deserialize_with = "de_duration")]
     pub stall_timeout: Duration,
+    /// A viewer whose connection is not up this long after its answer is dropped, and its
+    /// place among `max-viewers` freed.
+    #[serde(deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
     /// Local UDP addresses WebRTC binds. `0.0.0.0:0` means every interface except loopback, so
     /// loopback is listed on its own for viewers on the board itself.
     pub rtc_bind: Vec<String>,
@@ -121,6 +125,7 @@ impl Default for CameraConfig {
             always_on: true,
             idle_stop: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
             rtc_bind: vec!["0.0.0.0:0".into(), "127.0.0.1:0".into()],
             mdns: true,
             latency: LatencyMode::default(),
@@ -443,6 +448,15 @@ impl Config {
                 format!(
                     "{:?} (capture restarts after this long without a frame: at least 1s)",
                     self.camera.stall_timeout
+                ),
+            );
+        }
+        if self.camera.connect_timeout < Duration::from_secs(1) {
+            return bad(
+                "camera.connect-timeout",
+                format!(
+                    "{:?} (a viewer's connection needs time to come up: at least 1s)",
+                    self.camera.connect_timeout
                 ),
             );
         }

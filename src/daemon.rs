@@ -719,6 +719,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         udp_addrs: config.camera.rtc_bind.clone(),
         mdns: config.camera.mdns,
         playout_delay_zero: config.camera.latency == crate::config::LatencyMode::Lowest,
+        connect_timeout: config.camera.connect_timeout,
         viewer_demand: Some(Arc::new(consumers.counter())),
         signal_ca: config.camera.signal_ca.clone(),
     };

@@ -83,6 +83,8 @@ pub struct CameraSettings {
     pub mdns: bool,
     /// Latency mode `lowest`: playout-delay min=max=0 on every video packet.
     pub playout_delay_zero: bool,
+    /// A viewer not connected this long after its answer is dropped.
+    pub connect_timeout: Duration,
     /// The room's viewers' share of capture demand, set whenever their number changes
     /// (on-demand capture).
     pub viewer_demand: Option<Arc<crate::media::bus::DemandCounter>>,
@@ -300,6 +302,8 @@ struct Camera {
     /// Viewers in the room that have not called yet: capture starts for them already, so the
     /// camera warms up while their offer, ICE and DTLS are under way.
     arriving: std::collections::HashSet<PeerId>,
+    /// Viewers whose connection has come up at least once.
+    connected: std::collections::HashSet<PeerId>,
     /// The signaling session (counted from 1 at each `created`) each viewer called in.
     peer_session: HashMap<PeerId, u64>,
     session: u64,
@@ -328,6 +332,7 @@ pub async fn run(
         state,
         peers: HashMap::new(),
         arriving: Default::default(),
+        connected: Default::default(),
         peer_session: HashMap::new(),
         session: 0,
         server_ice: vec![],
@@ -660,6 +665,7 @@ impl Camera {
 
     fn drop_peer(&mut self, id: &PeerId, why: &str) {
         self.peer_session.remove(id);
+        self.connected.remove(id);
         if let Some(p) = self.peers.remove(id) {
             tracing::info!(viewer = %id, reason = why, viewers = self.peers.len(), "viewer gone");
             if p.codec == peer::VideoCodec::Vp8 {
@@ -815,6 +821,21 @@ impl Camera {
                         if let Ok(mut v) = self.state.viewers.lock() {
                             v.insert(from.clone(), p.stats.clone());
                         }
+                        // Its place is held only so long without a connection.
+                        let (cancel, events, id, wait) = (
+                            p.cancel.clone(),
+                            self.events_tx.clone(),
+                            from.clone(),
+                            self.settings.connect_timeout,
+                        );
+                        self.tasks.spawn(async move {
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {
+                                    let _ = events.send(PeerEvent::ConnectDeadline(id)).await;
+                                }
+                                _ = cancel.cancelled() => {}
+                            }
+                        });
                         self.peers.insert(from.clone(), p);
                         self.peer_session.insert(from.clone(), self.session);
                         self.publish_count();
@@ -897,10 +918,22 @@ impl Camera {
     fn on_peer_event_offline(&mut self, ev: PeerEvent) {
         match ev {
             PeerEvent::Candidate(..) => {}
+            PeerEvent::ConnectDeadline(viewer) => {
+                if self.peers.contains_key(&viewer) && !self.connected.contains(&viewer) {
+                    let why = format!(
+                        "not connected {:.0} s after its answer",
+                        self.settings.connect_timeout.as_secs_f64()
+                    );
+                    self.drop_peer(&viewer, &why);
+                }
+            }
             PeerEvent::State(viewer, state) => {
                 tracing::debug!(viewer = %viewer, %state, "viewer connection state");
                 match state {
                     RTCPeerConnectionState::Connected => {
+                        if self.peers.contains_key(&viewer) {
+                            self.connected.insert(viewer.clone());
+                        }
                         tracing::info!(viewer = %viewer, "viewer connected")
                     }
                     RTCPeerConnectionState::Failed => self.drop_peer(&viewer, "connection failed"),

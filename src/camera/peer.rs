@@ -151,6 +151,8 @@ pub enum PeerEvent {
     Candidate(PeerId, Option<IceCandidate>),
     /// The connection's state changed.
     State(PeerId, RTCPeerConnectionState),
+    /// `camera.connect-timeout` has passed since this viewer was answered.
+    ConnectDeadline(PeerId),
 }
 
 /// Forwards webrtc-rs callbacks as [`PeerEvent`]s. Holds no reference to the connection, so no
