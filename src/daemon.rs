@@ -192,11 +192,11 @@ pub async fn serve(config: Config, reload: Reload) -> Result<(), DaemonError> {
     notify::notify("READY=1\nSTATUS=serving");
     spawn_watchdog(&tasks, shutdown.clone());
     spawn_reload(&tasks, shutdown.clone(), reload, tls, None);
-    terminate_signal().await?;
+    let ended = terminate_signal().await;
     notify::notify("STOPPING=1");
     shutdown.cancel();
     wait_tasks(tasks).await;
-    Ok(())
+    ended
 }
 
 fn spawn_watchdog(tasks: &TaskTracker, shutdown: CancellationToken) {
@@ -744,32 +744,32 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
     };
     let signal = terminate_signal();
     tokio::pin!(signal);
-    tokio::select! {
-        _ = ready => {
+    // A signal before readiness (a camera that never reaches its room) ends the daemon the same
+    // way as one after it: one shutdown path.
+    let early = tokio::select! {
+        _ = ready => None,
+        r = &mut signal => Some(r),
+    };
+    let ended = match early {
+        Some(r) => r,
+        None => {
             notify::notify("READY=1\nSTATUS=streaming");
             print_ready(&config, key.as_ref(), page_base, &signal_url);
+            spawn_reload(
+                &tasks,
+                shutdown.clone(),
+                reload,
+                server_tls,
+                Some((media.clone(), config.video.bitrate_kbps)),
+            );
+            signal.await
         }
-        r = &mut signal => {
-            r?;
-            shutdown.cancel();
-            media.stop();
-            wait_tasks(tasks).await;
-            return Ok(());
-        }
-    }
-    spawn_reload(
-        &tasks,
-        shutdown.clone(),
-        reload,
-        server_tls,
-        Some((media.clone(), config.video.bitrate_kbps)),
-    );
-    signal.await?;
+    };
     notify::notify("STOPPING=1");
     shutdown.cancel();
     wait_tasks(tasks).await;
     media.stop();
-    Ok(())
+    ended
 }
 
 /// SIGHUP: re-read the configuration and apply what is safe while running: the TLS

@@ -106,3 +106,44 @@ fn sighup_reloads_the_bitrate_and_refuses_a_broken_config() {
         cam.logs()
     );
 }
+
+/// A camera that never reaches its room (its signaling server is down) still stops through
+/// the one shutdown path: STOPPING=1, then a clean exit, and never READY=1.
+#[test]
+fn sigterm_before_ready_still_says_stopping() {
+    let dir = TempDir::new("notify-early");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let sock_env = sock_path.display().to_string();
+    // A port nobody listens on: the camera keeps retrying its signaling connection.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/ws", closed.local_addr().unwrap());
+    drop(closed);
+    let mut cam = Campeer::start(
+        &["run", "--video", "test", "--signal-url", &url],
+        &[
+            ("NOTIFY_SOCKET", &sock_env),
+            ("CAMPEER__CAMERA__TOKEN", "\"not-needed-here\""),
+        ],
+    );
+    cam.wait_log("signaling", Duration::from_secs(20));
+    cam.signal(libc::SIGTERM);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !got.iter().any(|m: &String| m.contains("STOPPING=1")) {
+        assert!(
+            Instant::now() < deadline,
+            "no STOPPING=1 after SIGTERM; got {got:?}\n{}",
+            cam.logs()
+        );
+        if let Ok(n) = sock.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    let status = cam.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", cam.logs());
+    assert!(!got.iter().any(|m| m.contains("READY=1")), "{got:?}");
+}
