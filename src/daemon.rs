@@ -140,16 +140,18 @@ async fn bind(addr: &str) -> Result<tokio::net::TcpListener, DaemonError> {
         })
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-async fn terminate_signal() -> Result<(), DaemonError> {
+/// Catch SIGTERM and SIGINT from now on (one arriving during start-up is kept, not fatal); the
+/// future resolves when one has arrived.
+fn terminate_signal() -> Result<impl std::future::Future<Output = ()>, DaemonError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("interrupted: shutting down"),
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("interrupted: shutting down"),
+        }
+    })
 }
 
 async fn wait_tasks(tasks: TaskTracker) {
@@ -164,6 +166,7 @@ async fn wait_tasks(tasks: TaskTracker) {
 
 /// `campeer serve`: the standalone signaling server.
 pub async fn serve(config: Config, reload: Reload) -> Result<(), DaemonError> {
+    let signal = terminate_signal()?;
     let key = TokenKey::new(crate::signal::load_secret(&config)?);
     announce_open_rooms(&config);
     let shutdown = CancellationToken::new();
@@ -192,11 +195,11 @@ pub async fn serve(config: Config, reload: Reload) -> Result<(), DaemonError> {
     notify::notify("READY=1\nSTATUS=serving");
     spawn_watchdog(&tasks, shutdown.clone());
     spawn_reload(&tasks, shutdown.clone(), reload, tls, None);
-    let ended = terminate_signal().await;
+    signal.await;
     notify::notify("STOPPING=1");
     shutdown.cancel();
     wait_tasks(tasks).await;
-    ended
+    Ok(())
 }
 
 fn spawn_watchdog(tasks: &TaskTracker, shutdown: CancellationToken) {
@@ -554,6 +557,7 @@ fn spawn_demand(
 
 /// `campeer run`: the camera daemon.
 pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
+    let signal = terminate_signal()?;
     let settings = media_settings(&config)?;
     let media = {
         let s = settings.clone();
@@ -742,34 +746,30 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
             }
         }
     };
-    let signal = terminate_signal();
     tokio::pin!(signal);
     // A signal before readiness (a camera that never reaches its room) ends the daemon the same
     // way as one after it: one shutdown path.
     let early = tokio::select! {
-        _ = ready => None,
-        r = &mut signal => Some(r),
+        _ = ready => false,
+        _ = &mut signal => true,
     };
-    let ended = match early {
-        Some(r) => r,
-        None => {
-            notify::notify("READY=1\nSTATUS=streaming");
-            print_ready(&config, key.as_ref(), page_base, &signal_url);
-            spawn_reload(
-                &tasks,
-                shutdown.clone(),
-                reload,
-                server_tls,
-                Some((media.clone(), config.video.bitrate_kbps)),
-            );
-            signal.await
-        }
-    };
+    if !early {
+        notify::notify("READY=1\nSTATUS=streaming");
+        print_ready(&config, key.as_ref(), page_base, &signal_url);
+        spawn_reload(
+            &tasks,
+            shutdown.clone(),
+            reload,
+            server_tls,
+            Some((media.clone(), config.video.bitrate_kbps)),
+        );
+        signal.await;
+    }
     notify::notify("STOPPING=1");
     shutdown.cancel();
     wait_tasks(tasks).await;
     media.stop();
-    ended
+    Ok(())
 }
 
 /// SIGHUP: re-read the configuration and apply what is safe while running: the TLS

@@ -75,3 +75,27 @@ async fn capture_runs_only_while_someone_watches() {
         started.elapsed()
     );
 }
+
+/// Capture starts as soon as a viewer joins the room (its offer, ICE and DTLS overlap the
+/// camera's start), and a viewer that joins but never calls does not keep it running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_viewer_wakes_capture_but_cannot_hold_it_without_calling() {
+    let (mut cam, url) = start_camera(
+        &[],
+        &[
+            ("CAMPEER__CAMERA__ALWAYS_ON", "false"),
+            ("CAMPEER__CAMERA__IDLE_STOP", "\"1s\""),
+            ("CAMPEER__CAMERA__CONNECT_TIMEOUT", "\"2s\""),
+            ("CAMPEER__VIDEO__WIDTH", "320"),
+            ("CAMPEER__VIDEO__HEIGHT", "240"),
+        ],
+    );
+    let (ws_url, token) = ws_of(&url);
+    let (_ws, created) = ws_join(&ws_url, "camera", "viewer", token.as_deref()).await;
+    assert!(has_camera(&created), "{created}");
+    // No offer yet: capture starts for it anyway.
+    cam.wait_log("capture started", Duration::from_secs(10));
+    // It never calls: connect-timeout and idle-stop later capture stops, though it is still in
+    // the room.
+    cam.wait_log("no viewers: capture stopped", Duration::from_secs(15));
+}

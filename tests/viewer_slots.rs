@@ -79,7 +79,7 @@ async fn offers_that_never_connect_give_their_places_back() {
         &[],
         &[
             ("CAMPEER__CAMERA__MAX_VIEWERS", "2"),
-            ("CAMPEER__CAMERA__CONNECT_TIMEOUT", "\"2s\""),
+            ("CAMPEER__CAMERA__CONNECT_TIMEOUT", "\"5s\""),
             ("CAMPEER__VIDEO__WIDTH", "320"),
             ("CAMPEER__VIDEO__HEIGHT", "240"),
         ],
@@ -107,8 +107,8 @@ async fn offers_that_never_connect_give_their_places_back() {
     // connect-timeout later both are dropped, though their sockets stay in the room, and a
     // real viewer gets pictures (without the deadline, webrtc-rs gave up on them after 25-30 s).
     cam.wait_log(
-        "not connected 2 s after its answer",
-        Duration::from_secs(10),
+        "not connected 5 s after its answer",
+        Duration::from_secs(15),
     );
     let viewer = RtcViewer::connect(&url).await;
     viewer.wait_frames(10, Duration::from_secs(30)).await;

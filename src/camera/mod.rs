@@ -304,6 +304,10 @@ struct Camera {
     arriving: std::collections::HashSet<PeerId>,
     /// Viewers whose connection has come up at least once.
     connected: std::collections::HashSet<PeerId>,
+    /// Each unconnected viewer's latest call: a connect deadline for an older one is ignored.
+    calls: HashMap<PeerId, u64>,
+    /// Numbers calls.
+    call_serial: u64,
     /// The signaling session (counted from 1 at each `created`) each viewer called in.
     peer_session: HashMap<PeerId, u64>,
     session: u64,
@@ -333,6 +337,8 @@ pub async fn run(
         peers: HashMap::new(),
         arriving: Default::default(),
         connected: Default::default(),
+        calls: HashMap::new(),
+        call_serial: 0,
         peer_session: HashMap::new(),
         session: 0,
         server_ice: vec![],
@@ -663,9 +669,52 @@ impl Camera {
         }
     }
 
+    /// Drop `id`'s call unless it connects within `camera.connect-timeout` (or is closed first,
+    /// `cancel`): offers that never connect do not hold the camera's places.
+    fn arm_connect_deadline(&mut self, id: &PeerId, cancel: CancellationToken) {
+        self.call_serial += 1;
+        let serial = self.call_serial;
+        self.calls.insert(id.clone(), serial);
+        let (events, id, wait) = (
+            self.events_tx.clone(),
+            id.clone(),
+            self.settings.connect_timeout,
+        );
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {
+                    let _ = events.send(PeerEvent::ConnectDeadline(id, serial)).await;
+                }
+                _ = cancel.cancelled() => {}
+            }
+        });
+    }
+
+    /// Count `id`, in the room, toward capture demand until it calls, leaves, or
+    /// `camera.connect-timeout` passes.
+    fn expect_call(&mut self, id: PeerId) {
+        if self.arriving.len() >= self.settings.max_viewers || !self.arriving.insert(id.clone()) {
+            return;
+        }
+        let (events, wait, stop) = (
+            self.events_tx.clone(),
+            self.settings.connect_timeout,
+            self.shutdown.clone(),
+        );
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {
+                    let _ = events.send(PeerEvent::ArrivalDeadline(id)).await;
+                }
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+
     fn drop_peer(&mut self, id: &PeerId, why: &str) {
         self.peer_session.remove(id);
         self.connected.remove(id);
+        self.calls.remove(id);
         if let Some(p) = self.peers.remove(id) {
             tracing::info!(viewer = %id, reason = why, viewers = self.peers.len(), "viewer gone");
             if p.codec == peer::VideoCodec::Vp8 {
@@ -695,12 +744,10 @@ impl Camera {
                 self.session += 1;
                 self.server_ice = ice_servers;
                 // Viewers already in the room will call: capture starts for them now.
-                self.arriving = peers
-                    .iter()
-                    .filter(|p| p.role == Role::Viewer)
-                    .map(|p| p.id.clone())
-                    .take(self.settings.max_viewers)
-                    .collect();
+                self.arriving.clear();
+                for p in peers.iter().filter(|p| p.role == Role::Viewer) {
+                    self.expect_call(p.id.clone());
+                }
                 self.publish_count();
                 let viewers = self.arriving.len();
                 tracing::info!(camera = %id, room = %room, viewers_waiting = viewers, "joined room as camera");
@@ -708,8 +755,8 @@ impl Camera {
             }
             ServerMessage::Joined { id, role, name, .. } => {
                 tracing::debug!(peer = %id, %role, name = %name, "peer joined the room");
-                if role == Role::Viewer && self.arriving.len() < self.settings.max_viewers {
-                    self.arriving.insert(id);
+                if role == Role::Viewer {
+                    self.expect_call(id);
                     self.publish_count();
                 }
             }
@@ -728,6 +775,12 @@ impl Camera {
                 if let Some(existing) = self.peers.get(&from) {
                     match peer::reoffer(existing, sdp).await {
                         Ok(answer) => {
+                            if !self.connected.contains(&from) {
+                                // A new try (the page calls again when no picture came): a
+                                // whole connect-timeout for it.
+                                let cancel = existing.cancel.clone();
+                                self.arm_connect_deadline(&from, cancel);
+                            }
                             send(
                                 ws,
                                 &ClientMessage::Answer {
@@ -821,21 +874,7 @@ impl Camera {
                         if let Ok(mut v) = self.state.viewers.lock() {
                             v.insert(from.clone(), p.stats.clone());
                         }
-                        // Its place is held only so long without a connection.
-                        let (cancel, events, id, wait) = (
-                            p.cancel.clone(),
-                            self.events_tx.clone(),
-                            from.clone(),
-                            self.settings.connect_timeout,
-                        );
-                        self.tasks.spawn(async move {
-                            tokio::select! {
-                                _ = tokio::time::sleep(wait) => {
-                                    let _ = events.send(PeerEvent::ConnectDeadline(id)).await;
-                                }
-                                _ = cancel.cancelled() => {}
-                            }
-                        });
+                        self.arm_connect_deadline(&from, p.cancel.clone());
                         self.peers.insert(from.clone(), p);
                         self.peer_session.insert(from.clone(), self.session);
                         self.publish_count();
@@ -918,8 +957,18 @@ impl Camera {
     fn on_peer_event_offline(&mut self, ev: PeerEvent) {
         match ev {
             PeerEvent::Candidate(..) => {}
-            PeerEvent::ConnectDeadline(viewer) => {
-                if self.peers.contains_key(&viewer) && !self.connected.contains(&viewer) {
+            PeerEvent::ArrivalDeadline(viewer) => {
+                // Joined but never called: it no longer keeps capture running.
+                if self.arriving.remove(&viewer) {
+                    tracing::debug!(viewer = %viewer, "viewer in the room has not called; capture no longer waits for it");
+                    self.publish_count();
+                }
+            }
+            PeerEvent::ConnectDeadline(viewer, serial) => {
+                if self.calls.get(&viewer) == Some(&serial)
+                    && self.peers.contains_key(&viewer)
+                    && !self.connected.contains(&viewer)
+                {
                     let why = format!(
                         "not connected {:.0} s after its answer",
                         self.settings.connect_timeout.as_secs_f64()

@@ -151,8 +151,10 @@ pub enum PeerEvent {
     Candidate(PeerId, Option<IceCandidate>),
     /// The connection's state changed.
     State(PeerId, RTCPeerConnectionState),
-    /// `camera.connect-timeout` has passed since this viewer was answered.
-    ConnectDeadline(PeerId),
+    /// `camera.connect-timeout` has passed since this viewer's call (its `serial`) was answered.
+    ConnectDeadline(PeerId, u64),
+    /// `camera.connect-timeout` has passed since this viewer joined the room.
+    ArrivalDeadline(PeerId),
 }
 
 /// Forwards webrtc-rs callbacks as [`PeerEvent`]s. Holds no reference to the connection, so no

@@ -147,7 +147,8 @@ impl Snapshots {
                 return Ok(last.clone());
             }
             match &shared.inflight {
-                Some(rx) if rx.borrow().is_none() => rx.clone(),
+                // Still on its way (its task alive and without an outcome): wait for it.
+                Some(rx) if rx.borrow().is_none() && rx.has_changed().is_ok() => rx.clone(),
                 _ => {
                     let (tx, rx) = watch::channel(None);
                     shared.inflight = Some(rx.clone());
