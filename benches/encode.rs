@@ -3,7 +3,9 @@
 //! For x264enc and openh264enc at 640x480, 1280x720 and 1920x1080 @30 fps, each in a fresh
 //! process: CPU (% of one core, utime+stime over 10 s after a 2 s warm-up) and RSS of campeer's
 //! whole media pipeline (test pattern with clock overlay → encoder → appsink → fan-out with one
-//! consumer), and keyframe-request → keyframe latency (5 requests, 1.1 s apart).
+//! consumer), the bitrate it sends against its target over those 10 s (congestion control
+//! steers that target, so the encoder must keep it), and keyframe-request → keyframe latency
+//! (5 requests, 1.1 s apart).
 //!
 //! Then the VP8 fallback branch at 640x480 and 1280x720 @30 (x264enc for H.264): CPU of the
 //! same pipeline with the VP8 valve closed (no VP8 viewer) and open (one VP8 viewer), and the
@@ -41,6 +43,7 @@ fn setup(
         audio_bitrate_kbps: 64,
         vp8_fallback,
         camera_h264: campeer::media::source::CameraH264::Auto,
+        lower_rung: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -64,10 +67,13 @@ fn one(encoder: &str, width: u32, height: u32) {
             }
         });
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let (t0, c0, f0) = (Instant::now(), cpu_ticks(None), frames.load(std::sync::atomic::Ordering::Relaxed));
+        let bytes = || p.stats.video_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        let (t0, c0, f0, b0) = (Instant::now(), cpu_ticks(None), frames.load(std::sync::atomic::Ordering::Relaxed), bytes());
         tokio::time::sleep(Duration::from_secs(10)).await;
         let ticks = cpu_ticks(None) - c0;
         let secs = t0.elapsed().as_secs_f64();
+        let kbps = (bytes() - b0) as f64 * 8.0 / secs / 1000.0;
+        let target = settings.encode.bitrate_kbps;
         let fps = (frames.load(std::sync::atomic::Ordering::Relaxed) - f0) as f64 / secs;
         let cpu = cpu_percent(ticks, secs);
         let mut kf = Vec::new();
@@ -88,10 +94,11 @@ fn one(encoder: &str, width: u32, height: u32) {
         }
         kf.sort();
         println!(
-            "{encoder:<12} {width:>4}x{height:<4}@30  {:>6.1} % of a core  RSS {:>6.1} MB (peak {:>6.1} MB)  {fps:>5.1} fps out  keyframe after request: median {:>5.1} ms, max {:>5.1} ms",
+            "{encoder:<12} {width:>4}x{height:<4}@30  {:>6.1} % of a core  RSS {:>6.1} MB (peak {:>6.1} MB)  {fps:>5.1} fps out  {kbps:>6.0} kbit/s for {target} ({:+.0} %)  keyframe after request: median {:>5.1} ms, max {:>5.1} ms",
             cpu,
             status_kb(None, "VmRSS:") as f64 / 1024.0,
             status_kb(None, "VmHWM:") as f64 / 1024.0,
+            (kbps / f64::from(target) - 1.0) * 100.0,
             kf[kf.len() / 2].as_secs_f64() * 1e3,
             kf.last().unwrap().as_secs_f64() * 1e3,
         );
