@@ -313,6 +313,30 @@ impl Observer for CameraObserver {
                 ("campeer_viewer_video_loss_ratio", "gauge", |v| {
                     v.loss_ppm.load(Ordering::Relaxed) as f64 / 1e6
                 }),
+                ("campeer_viewer_estimate_bps", "gauge", |v| {
+                    v.estimate.get().unwrap_or(0.0)
+                }),
+                ("campeer_viewer_feedback_total", "counter", |v| {
+                    v.estimate.feedback.load(Ordering::Relaxed) as f64
+                }),
+                ("campeer_viewer_rung", "gauge", |v| {
+                    v.rung.load(Ordering::Relaxed) as f64
+                }),
+                ("campeer_viewer_rung_changes_total", "counter", |v| {
+                    v.rung_changes.load(Ordering::Relaxed) as f64
+                }),
+                ("campeer_viewer_late_drops_total", "counter", |v| {
+                    v.late_drops.load(Ordering::Relaxed) as f64
+                }),
+                ("campeer_viewer_pacing_bps", "gauge", |v| {
+                    v.pacing_shared.load(Ordering::Relaxed) as f64
+                }),
+                ("campeer_viewer_resends_dropped_total", "counter", |v| {
+                    v.resends_dropped.load(Ordering::Relaxed) as f64
+                }),
+                ("campeer_viewer_send_delay_seconds", "gauge", |v| {
+                    v.send_delay_us.load(Ordering::Relaxed) as f64 / 1e6
+                }),
             ];
             for (name, kind, value) in PER_VIEWER {
                 out.push_str(&format!("# TYPE {name} {kind}\n"));
@@ -343,6 +367,51 @@ impl Observer for CameraObserver {
                  # TYPE campeer_vp8_encoder_running gauge\ncampeer_vp8_encoder_running {}\n",
                 vp8.stats.frames.load(Ordering::Relaxed),
                 u8::from(vp8.viewer_count() > 0),
+            ));
+        }
+        // Encoders running now: the main one while capture runs, each lower rendition and VP8
+        // while someone watches them (congestion control's "one encode per rung").
+        let capturing = *self.demand.borrow();
+        let lower_running = self
+            .media
+            .renditions
+            .iter()
+            .filter(|r| r.users() > 0)
+            .count();
+        let vp8_running = self
+            .media
+            .vp8
+            .as_ref()
+            .is_some_and(|v| v.viewer_count() > 0);
+        out.push_str(&format!(
+            "# TYPE campeer_video_encoders_running gauge
+campeer_video_encoders_running {}
+",
+            usize::from(capturing) + lower_running + usize::from(vp8_running)
+        ));
+        out.push_str(
+            "# TYPE campeer_rendition_viewers gauge
+",
+        );
+        for (i, r) in self.media.renditions.iter().enumerate() {
+            out.push_str(&format!(
+                "campeer_rendition_viewers{{rung=\"{}\",size=\"{}x{}\",kbps=\"{}\"}} {}\n",
+                i + 1,
+                r.spec.width,
+                r.spec.height,
+                r.spec.bitrate_kbps,
+                r.users()
+            ));
+        }
+        out.push_str(
+            "# TYPE campeer_rendition_frames_encoded_total counter
+",
+        );
+        for (i, r) in self.media.renditions.iter().enumerate() {
+            out.push_str(&format!(
+                "campeer_rendition_frames_encoded_total{{rung=\"{}\"}} {}\n",
+                i + 1,
+                r.stats.frames.load(Ordering::Relaxed)
             ));
         }
         out
@@ -382,6 +451,8 @@ fn media_settings(config: &Config) -> Result<MediaSettings, PipelineError> {
         audio_bitrate_kbps: config.audio.bitrate_kbps,
         vp8_fallback: config.video.fallback == crate::config::Fallback::Vp8,
         camera_h264: config.video.camera_h264,
+        // Checked by Config::validate; an invalid value here means no lower rung.
+        lower_rung: config.video.lower_rung().ok().flatten(),
     })
 }
 

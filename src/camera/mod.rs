@@ -11,6 +11,7 @@
 //! it replaces at once. Viewers keep streaming meanwhile; their next offer after a rejoin starts
 //! a fresh connection.
 
+pub mod congestion;
 pub mod peer;
 pub mod rtcp;
 pub mod turn_check;
@@ -862,6 +863,14 @@ impl Camera {
                     keyframes,
                     codec,
                     h264,
+                    video_tx: self.media.video.clone(),
+                    lower: self.media.renditions.clone(),
+                    video_kbps: self.media.video_kbps(),
+                    audio_kbps: if self.media.has_audio {
+                        self.media.audio_kbps
+                    } else {
+                        0
+                    },
                 };
                 match peer::answer(setup, sdp.clone()).await {
                     Ok((p, answer)) => {

@@ -6,13 +6,15 @@
 //! timestamps follow the frames' capture (pipeline running) time, not a nominal frame rate.
 //! webrtc-rs callbacks hold no reference to the connection: they only forward events by channel.
 
-use super::rtcp::KeyframeRequestForwarder;
-use crate::media::bus::{Delivery, Subscription};
+use super::congestion::{Estimate, MAX_SEND_DELAY, PublishedGcc, RungPolicy, VideoPacer};
+use super::rtcp::{KeyframeRequestForwarder, RetransmissionBudget};
+use crate::media::bus::{Delivery, KeyframeSource, Subscription};
 use crate::media::h264::{self, SpsProfile};
 use crate::media::pipeline::{EncodedFrame, KeyframeRequester};
+use crate::media::rendition::{Rendition, RenditionUse};
 use crate::signal::protocol::{IceCandidate, PeerId};
 use rtc::ice::mdns::MulticastDnsMode;
-use rtc::interceptor::Slot;
+use rtc::interceptor::{CongestionControlBuilder, Slot, TwccSenderBuilder};
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_RTX;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -220,6 +222,22 @@ pub struct PeerStats {
     pub loss_ppm: AtomicU64,
     /// The video codec, once answered.
     pub codec: std::sync::OnceLock<VideoCodec>,
+    /// What the viewer's link carries, from its transport-cc feedback.
+    pub estimate: Arc<Estimate>,
+    /// The rung watched: 0 the main encode, 1.. the lower renditions.
+    pub rung: AtomicU64,
+    /// Rung changes so far.
+    pub rung_changes: AtomicU64,
+    /// Frames not sent because they were [`MAX_SEND_DELAY`] late (the viewer skipped to the
+    /// next keyframe instead).
+    pub late_drops: AtomicU64,
+    /// From the last video frame leaving the encoder to its last packet leaving the pacer,
+    /// microseconds.
+    pub send_delay_us: AtomicU64,
+    /// The video pacing rate, bit/s (shared with the retransmission budget).
+    pub pacing_shared: Arc<AtomicU64>,
+    /// Retransmissions not sent: over the budget.
+    pub resends_dropped: Arc<AtomicU64>,
 }
 
 /// How often a viewer's RTT and loss are sampled for `/metrics`.
@@ -291,6 +309,14 @@ pub struct PeerSetup {
     pub codec: VideoCodec,
     /// What the H.264 stream's SPS says (its profile and level go into the answer).
     pub h264: SpsProfile,
+    /// The main encode's channel (`video` is a receiver of it, or of VP8's).
+    pub video_tx: broadcast::Sender<Arc<EncodedFrame>>,
+    /// Lower renditions this viewer may move to (H.264 viewers), highest first.
+    pub lower: Vec<Arc<Rendition>>,
+    /// The main video bitrate and the audio bitrate, kbit/s (what each rung needs).
+    pub video_kbps: u32,
+    /// Opus bitrate, kbit/s (0 without audio).
+    pub audio_kbps: u32,
 }
 
 /// A live viewer connection.
@@ -444,9 +470,31 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
             Some(RTCRtpTransceiverDirection::Sendonly),
         )?;
     }
-    // NACK responder, sender reports, TWCC; then PLI/FIR delivered to the application (last).
+    // NACK responder, sender reports, transport-cc negotiated; then PLI/FIR delivered to the
+    // application (last). Congestion control: every packet numbered for transport-cc, the
+    // viewer's feedback resolved into GCC's estimate, published to `stats.estimate` (see
+    // camera::congestion for why webrtc-rs's own pacer is not in the chain).
+    let stats = Arc::new(PeerStats::default());
+    let needs = rung_needs(&setup);
     let registry = register_default_interceptors(Registry::new(), &mut me)?;
-    let registry = registry.with(Slot::from(14_000), KeyframeRequestForwarder::default());
+    let registry = registry
+        .with(Slot::from(14_000), KeyframeRequestForwarder::default())
+        .with(
+            Slot::CongestionControl,
+            CongestionControlBuilder::new(PublishedGcc::new(
+                needs[0],
+                GCC_MIN_BPS,
+                needs[0] * 2.0,
+                stats.estimate.clone(),
+            ))
+            .build(),
+        )
+        .with(Slot::TwccSender, TwccSenderBuilder::new().build())
+        // Wire-ward of the NACK responder (4_000), app-ward of the send history.
+        .with(
+            Slot::from(3_500),
+            RetransmissionBudget::new(stats.pacing_shared.clone(), stats.resends_dropped.clone()),
+        );
     let config = RTCConfigurationBuilder::new()
         .with_ice_servers(setup.ice_servers)
         .with_ice_transport_policy(if setup.relay_only {
@@ -527,7 +575,6 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
         }
     };
 
-    let stats = Arc::new(PeerStats::default());
     let cancel = CancellationToken::new();
     let mut tasks = Vec::new();
     // Payload types as negotiated (the browser's numbers, not the ones registered above).
@@ -543,6 +590,24 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
         None => None,
     };
     tracing::debug!(viewer = %setup.viewer, playout_delay = playout_delay.is_some(), "video track negotiated");
+    // Rung 0 is what `setup.video`/`setup.keyframes` carry; lower ones only for H.264 viewers.
+    let lower = if setup.codec == VideoCodec::H264 {
+        setup.lower.clone()
+    } else {
+        Vec::new()
+    };
+    let mut rung_keyframes: Vec<Arc<dyn KeyframeSource>> = vec![Arc::new(setup.keyframes.clone())];
+    rung_keyframes.extend(
+        lower
+            .iter()
+            .map(|r| Arc::new(r.keyframes.clone()) as Arc<dyn KeyframeSource>),
+    );
+    let rungs = Rungs {
+        main: setup.video_tx.clone(),
+        lower,
+        keyframes: rung_keyframes,
+        needs: needs.clone(),
+    };
     tasks.push(tokio::spawn(feed(
         Feed {
             viewer: setup.viewer.clone(),
@@ -554,6 +619,7 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
             video: Some(setup.codec),
             stats: stats.clone(),
             keyframes: Some(setup.keyframes.clone()),
+            rungs: Some(rungs.clone()),
         },
         setup.video,
         state_rx.clone(),
@@ -562,7 +628,7 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
     )));
     tasks.push(tokio::spawn(rtcp_loop(
         video_track,
-        setup.keyframes,
+        rungs.keyframes,
         stats.clone(),
         cancel.clone(),
     )));
@@ -584,6 +650,7 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
                 stats: stats.clone(),
                 keyframes: None,
                 playout_delay: None,
+                rungs: None,
             },
             rx,
             state_rx,
@@ -718,6 +785,49 @@ struct Feed {
     video: Option<VideoCodec>,
     stats: Arc<PeerStats>,
     keyframes: Option<KeyframeRequester>,
+    /// Video: the rungs it may watch.
+    rungs: Option<Rungs>,
+}
+
+/// The lowest estimate GCC may fall to, bit/s.
+const GCC_MIN_BPS: f64 = 100_000.0;
+/// RTP, SRTP and UDP/IP headers on top of the media bitrate (~50 of ~1,250 bytes a packet).
+const OVERHEAD: f64 = 1.05;
+
+/// What each rung needs on the wire, bit/s: its video, the audio, and headers.
+fn rung_needs(setup: &PeerSetup) -> Vec<f64> {
+    let need = |video_kbps: u32| f64::from(video_kbps + setup.audio_kbps) * 1000.0 * OVERHEAD;
+    let mut needs = vec![need(setup.video_kbps)];
+    if setup.codec == VideoCodec::H264 {
+        needs.extend(setup.lower.iter().map(|r| need(r.spec.bitrate_kbps)));
+    }
+    needs
+}
+
+/// The renditions a video feed can move between: rung 0 the main encode, then the lower ones.
+#[derive(Clone)]
+struct Rungs {
+    main: broadcast::Sender<Arc<EncodedFrame>>,
+    lower: Vec<Arc<Rendition>>,
+    /// Each rung's keyframe requests (index = rung).
+    keyframes: Vec<Arc<dyn KeyframeSource>>,
+    /// What each rung needs, bit/s.
+    needs: Vec<f64>,
+}
+
+/// A move to another rung, waiting for that rung's keyframe.
+struct Pending {
+    to: usize,
+    sub: Subscription,
+    hold: Option<RenditionUse>,
+}
+
+/// The next delivery of a pending move, or never when there is none.
+async fn next_pending(p: &mut Option<Pending>) -> Option<Delivery> {
+    match p {
+        Some(p) => p.sub.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// One viewer's RTP stream state: packetizer, sequence numbers, timestamp offset.
@@ -726,6 +836,8 @@ struct RtpOut {
     seq: u16,
     ts_offset: u32,
     logged_error: bool,
+    /// Video only: packets leave at a multiple of the viewer's estimate.
+    pacer: Option<VideoPacer>,
 }
 
 impl RtpOut {
@@ -745,6 +857,7 @@ impl RtpOut {
             seq: rand::random(),
             ts_offset: rand::random(),
             logged_error: false,
+            pacer: None,
         }
     }
 
@@ -778,6 +891,17 @@ impl RtpOut {
                 // A one-byte-header id (1..=14) and a 3-byte value: cannot fail.
                 let _ = packet.header.set_extension(*id, value.clone());
             }
+            if let Some(pacer) = &mut self.pacer {
+                // Headers, SRTP tag and UDP/IP on top of the payload.
+                let bytes = packet.payload.len() + 50;
+                loop {
+                    let wait = pacer.wait_for(bytes, std::time::Instant::now());
+                    if wait.is_zero() {
+                        break;
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            }
             if let Err(e) = f.track.write_rtp(packet).await {
                 f.stats.send_errors.fetch_add(1, Ordering::Relaxed);
                 if !self.logged_error {
@@ -788,6 +912,9 @@ impl RtpOut {
         }
         if f.video.is_some() {
             f.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+            f.stats
+                .send_delay_us
+                .store(frame.at.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
     }
 }
@@ -860,6 +987,14 @@ async fn feed(
         }
     }
     let mut out = RtpOut::new(f.video);
+    if f.video.is_some() {
+        let start = f.rungs.as_ref().map_or(1_000_000.0, |r| r.needs[0]);
+        let pacer = VideoPacer::new(start * super::congestion::PACING_FACTOR);
+        f.stats
+            .pacing_shared
+            .store(pacer.rate() as u64, Ordering::Relaxed);
+        out.pacer = Some(pacer);
+    }
     let waiting_for_key = f.video.is_some() && early.is_empty();
     for frame in early.drain(..) {
         out.send(&f, &frame).await;
@@ -869,14 +1004,91 @@ async fn feed(
         .clone()
         .map(|k| Arc::new(k) as Arc<dyn crate::media::bus::KeyframeSource>);
     let mut sub = Subscription::resume(rx, keyframes, waiting_for_key);
+    // Rung changes (video with lower renditions only).
+    let rungs = f.rungs.clone().filter(|r| !r.lower.is_empty());
+    let mut policy = rungs.as_ref().map(|r| RungPolicy::new(r.needs.clone()));
+    let mut rung = 0usize;
+    let mut _hold: Option<RenditionUse> = None;
+    let mut pending: Option<Pending> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let delivery = tokio::select! {
             d = sub.next() => d,
+            d = next_pending(&mut pending) => {
+                match d {
+                    Some(Delivery::Frame(frame)) => {
+                        // The new rung's keyframe: switch to it from here on.
+                        let Some(p) = pending.take() else { continue };
+                        tracing::debug!(viewer = %f.viewer, from = rung, to = p.to, "viewer changes rung");
+                        sub = p.sub;
+                        _hold = p.hold;
+                        rung = p.to;
+                        f.stats.rung.store(rung as u64, Ordering::Relaxed);
+                        f.stats.rung_changes.fetch_add(1, Ordering::Relaxed);
+                        Some(Delivery::Frame(frame))
+                    }
+                    Some(_) => continue,
+                    None => { pending = None; continue }
+                }
+            }
+            _ = tick.tick(), if f.video.is_some() => {
+                let estimate = f.stats.estimate.get();
+                if let Some(pacer) = out.pacer.as_mut() {
+                    // Paced to what the rung sends, not to the estimate: GCC's estimate swings
+                    // (from a fifth of the link to five times it, measured behind a 1 Mbit/s
+                    // tbf) and pacing at its dips held frames back for no gain. Bursts still
+                    // leave spread over 2.5 times their length.
+                    let need = f.rungs.as_ref().and_then(|r| r.needs.get(rung).copied());
+                    if let Some(n) = need.or(estimate) {
+                        pacer.follow(n);
+                        f.stats
+                            .pacing_shared
+                            .store(pacer.rate() as u64, Ordering::Relaxed);
+                    }
+                }
+                if let (Some(r), Some(policy)) = (&rungs, policy.as_mut()) {
+                    let target = policy.decide(std::time::Instant::now(), rung, estimate);
+                    if target == rung {
+                        pending = None;
+                    } else if pending.as_ref().is_none_or(|p| p.to != target) {
+                        let (tx, held) = match target {
+                            0 => (&r.main, None),
+                            n => (&r.lower[n - 1].video, Some(r.lower[n - 1].acquire())),
+                        };
+                        tracing::debug!(viewer = %f.viewer, from = rung, to = target, estimate, "viewer moves rung at its next keyframe");
+                        pending = Some(Pending {
+                            to: target,
+                            sub: Subscription::new(tx, Some(r.keyframes[target].clone()), None),
+                            hold: held,
+                        });
+                    }
+                }
+                continue;
+            }
             _ = cancel.cancelled() => return,
         };
         match delivery {
+            None if rung != 0 => {
+                // The lower rendition is gone (pipeline rebuilt): back to the main one.
+                let Some(r) = &rungs else { return };
+                sub = Subscription::new(&r.main, Some(r.keyframes[0].clone()), None);
+                _hold = None;
+                rung = 0;
+                f.stats.rung.store(0, Ordering::Relaxed);
+            }
             None => return,
-            Some(Delivery::Frame(frame)) => out.send(&f, &frame).await,
+            Some(Delivery::Frame(frame)) => {
+                if f.video.is_some() && frame.at.elapsed() > MAX_SEND_DELAY {
+                    // The link cannot keep up: skip to a fresh keyframe rather than queue.
+                    tracing::debug!(viewer = %f.viewer, late_ms = frame.at.elapsed().as_millis() as u64, rung, "frame too late for the viewer's link: dropped, waiting for a keyframe");
+                    f.stats.late_drops.fetch_add(1, Ordering::Relaxed);
+                    f.stats.frames_skipped.fetch_add(1, Ordering::Relaxed);
+                    sub.restart();
+                    continue;
+                }
+                out.send(&f, &frame).await
+            }
             Some(Delivery::Skipped) => {
                 f.stats.frames_skipped.fetch_add(1, Ordering::Relaxed);
             }
@@ -892,7 +1104,7 @@ async fn feed(
 /// Turn the viewer's PLI/FIR into (throttled) keyframe requests.
 async fn rtcp_loop(
     track: Arc<TrackLocalStaticRTP>,
-    keyframes: KeyframeRequester,
+    keyframes: Vec<Arc<dyn KeyframeSource>>,
     stats: Arc<PeerStats>,
     cancel: CancellationToken,
 ) {
@@ -909,7 +1121,11 @@ async fn rtcp_loop(
                 });
                 if wants_key {
                     stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
-                    keyframes.request();
+                    // The encoder of the rung the viewer watches.
+                    let rung = stats.rung.load(Ordering::Relaxed) as usize;
+                    if let Some(k) = keyframes.get(rung).or(keyframes.first()) {
+                        k.request_keyframe();
+                    }
                 }
             }
             Some(_) => {}

@@ -8,6 +8,7 @@
 
 use super::encoder::{self, EncodeSettings, EncoderKind, GstRegistry};
 use super::h264::{self, SpsProfile};
+use super::rendition::{Rendition, RungSpec};
 use super::source::{self, AudioSource, VideoSource};
 use bytes::Bytes;
 use gstreamer as gst;
@@ -83,6 +84,8 @@ pub struct MediaSettings {
     pub vp8_fallback: bool,
     /// What to do with a V4L2 camera's own H.264 (see [`source::CameraH264`]).
     pub camera_h264: source::CameraH264,
+    /// A lower rendition for viewers on slow links (started on demand), if any.
+    pub lower_rung: Option<RungSpec>,
 }
 
 /// Counters read by `/metrics` and `/healthz`.
@@ -197,6 +200,8 @@ pub struct MediaPipeline {
     pub audio: broadcast::Sender<Arc<EncodedFrame>>,
     /// Whether an audio branch exists.
     pub has_audio: bool,
+    /// The Opus bitrate, kbit/s.
+    pub audio_kbps: u32,
     /// The encoder in use.
     pub encoder: EncoderKind,
     /// The resolved video source.
@@ -204,11 +209,13 @@ pub struct MediaPipeline {
     /// Configured size, rate, bitrate and GOP (the size and rate are what a V4L2 camera's
     /// format is chosen for).
     encode: EncodeSettings,
-    /// The bitrate a camera passing its own H.264 through is asked for at the next start
-    /// (`video.bitrate-kbps`, changed while running by [`MediaPipeline::set_bitrate`]).
+    /// `video.bitrate-kbps` as last set by [`MediaPipeline::set_bitrate`]: what the encoder
+    /// targets, and what a camera passing its own H.264 through is asked for at the next start.
     camera_kbps: std::sync::atomic::AtomicU32,
     /// The VP8 branch, when the fallback is on.
     pub vp8: Option<Vp8Branch>,
+    /// Lower H.264 renditions, highest first (empty when the source's H.264 is passed through).
+    pub renditions: Vec<Arc<Rendition>>,
     /// The JPEG branch for snapshots (none when the source's H.264 is passed through: there is
     /// no raw picture to convert).
     pub snapshots: Option<SnapshotBranch>,
@@ -285,6 +292,23 @@ pub fn describe(settings: &MediaSettings, kind: EncoderKind) -> (String, Option<
             "  rawtee. ! valve name=vp8valve drop=true ! {queue} ! {} ! \
              appsink name=vp8 sync=false async=false max-buffers=8 drop=true",
             encoder::vp8_fragment(s)
+        ));
+    }
+    // A lower rendition: scaled and encoded once more, behind a valve like VP8's.
+    if let Some(rung) = settings.lower_rung {
+        let rs = EncodeSettings {
+            width: rung.width,
+            height: rung.height,
+            bitrate_kbps: rung.bitrate_kbps,
+            ..*s
+        };
+        video.push_str(&format!(
+            "  rawtee. ! valve name=rung1valve drop=true ! {queue} ! videoscale ! \
+             video/x-raw,width={},height={} ! {} ! \
+             appsink name=rung1 sync=false async=false max-buffers=8 drop=true",
+            rung.width,
+            rung.height,
+            encoder::launch_fragment_named(kind, &rs, "rung1enc")
         ));
     }
     (video, audio_desc(settings))
@@ -651,13 +675,35 @@ impl MediaPipeline {
         } else {
             None
         };
+        let renditions = match settings.lower_rung {
+            Some(spec) if kind != EncoderKind::Passthrough => {
+                let sink = appsink(&pipeline, "rung1")?;
+                let valve = pipeline.by_name("rung1valve").ok_or(PipelineError::Build {
+                    what: "rendition",
+                    message: "valve rung1valve missing".into(),
+                })?;
+                let stats = Arc::new(MediaStats::default());
+                let (tx, _) = broadcast::channel(VIDEO_QUEUE);
+                let keyframes = KeyframeRequester::new(stats.clone());
+                keyframes.set_pad(sink.static_pad("sink"));
+                install_sink(&sink, tx.clone(), stats.clone(), Kind::Rung);
+                vec![Arc::new(Rendition::new(spec, tx, keyframes, stats, valve))]
+            }
+            Some(spec) => {
+                tracing::info!(rung = %spec, "no lower rendition: the source's own H.264 is passed through (a board that can afford it could decode and encode it again; not done)");
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
         Ok(MediaPipeline {
             vp8,
+            renditions,
             snapshots,
             pipeline,
             video: video_tx,
             audio: audio_tx,
             has_audio,
+            audio_kbps: settings.audio_bitrate_kbps,
             encoder: kind,
             encode: settings.encode,
             camera_kbps: std::sync::atomic::AtomicU32::new(settings.encode.bitrate_kbps),
@@ -821,8 +867,14 @@ impl MediaPipeline {
         self.pipeline.bus()
     }
 
+    /// The video bitrate asked for now (`video.bitrate-kbps`, as last changed), kbit/s.
+    pub fn video_kbps(&self) -> u32 {
+        self.camera_kbps.load(Ordering::Relaxed)
+    }
+
     /// Change the video bitrate while running.
     pub fn set_bitrate(&self, kbps: u32) {
+        self.camera_kbps.store(kbps, Ordering::Relaxed);
         if self.encoder == EncoderKind::Passthrough {
             let VideoSource::V4l2(dev) = &self.source else {
                 tracing::warn!(
@@ -833,7 +885,6 @@ impl MediaPipeline {
             };
             // Every later start asks for it (start() sets extra-controls); a running camera is
             // asked now, for the bitrate alone (profile and level stay as they are mid-stream).
-            self.camera_kbps.store(kbps, Ordering::Relaxed);
             let bps = i64::from(kbps) * 1000;
             match set_camera_control(dev, V4L2_CID_BITRATE, v4l::control::Value::Integer(bps)) {
                 Ok(()) => {
@@ -895,6 +946,8 @@ enum Kind {
     H264(Arc<Mutex<Option<SpsProfile>>>),
     /// VP8 frames.
     Vp8,
+    /// A lower rendition's H.264 (its SPS is not the stream's that answers announce).
+    Rung,
     /// JPEG pictures.
     Jpeg,
     /// Opus packets.

@@ -7,6 +7,7 @@ pub mod impair;
 pub mod loopback;
 pub mod netns;
 pub mod rtc_viewer;
+pub mod shaped;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
