@@ -44,7 +44,7 @@ impl RungSpec {
             height: num(h)?,
             bitrate_kbps: num(kbps)?,
         };
-        let even = |v: u32| v % 2 == 0 && (64..=8192).contains(&v);
+        let even = |v: u32| v.is_multiple_of(2) && (64..=8192).contains(&v);
         if !even(spec.width) || !even(spec.height) || !(50..=100_000).contains(&spec.bitrate_kbps) {
             return Err(err());
         }
