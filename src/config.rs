@@ -266,6 +266,8 @@ pub struct ServerConfig {
     pub max_connections_per_address: usize,
     /// Origins whose pages may open `/ws` besides the server's own; `*` allows every origin.
     pub allowed_origins: Vec<String>,
+    /// A bearer token that opens `/metrics` to other machines (empty: this machine only).
+    pub metrics_token: String,
 }
 
 impl Default for ServerConfig {
@@ -287,6 +289,7 @@ impl Default for ServerConfig {
             max_connections: 0,
             max_connections_per_address: 64,
             allowed_origins: vec![],
+            metrics_token: String::new(),
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::config::{Config, TransportPolicy};
 use crate::media::bus::Demand;
 use crate::media::encoder::EncodeSettings;
 use crate::media::pipeline::{MediaPipeline, MediaSettings, PipelineError};
+use crate::media::rendition::Rendition;
 use crate::media::source::{AudioSource, VideoSource};
 use crate::notify;
 use crate::outputs::snapshot::{self, Snapshots};
@@ -104,6 +105,8 @@ fn conn_limits(config: &Config) -> ConnLimits {
         join_timeout: config.server.join_timeout,
         header_timeout: config.server.header_timeout,
         allowed_origins: config.server.allowed_origins.clone().into(),
+        metrics_token: (!config.server.metrics_token.trim().is_empty())
+            .then(|| config.server.metrics_token.trim().into()),
     }
 }
 
@@ -384,35 +387,31 @@ impl Observer for CameraObserver {
             .as_ref()
             .is_some_and(|v| v.viewer_count() > 0);
         out.push_str(&format!(
-            "# TYPE campeer_video_encoders_running gauge
-campeer_video_encoders_running {}
-",
+            "# TYPE campeer_video_encoders_running gauge\ncampeer_video_encoders_running {}\n",
             usize::from(capturing) + lower_running + usize::from(vp8_running)
         ));
-        out.push_str(
-            "# TYPE campeer_rendition_viewers gauge
-",
-        );
-        for (i, r) in self.media.renditions.iter().enumerate() {
-            out.push_str(&format!(
-                "campeer_rendition_viewers{{rung=\"{}\",size=\"{}x{}\",kbps=\"{}\"}} {}\n",
-                i + 1,
-                r.spec.width,
-                r.spec.height,
-                r.spec.bitrate_kbps,
-                r.users()
-            ));
-        }
-        out.push_str(
-            "# TYPE campeer_rendition_frames_encoded_total counter
-",
-        );
-        for (i, r) in self.media.renditions.iter().enumerate() {
-            out.push_str(&format!(
-                "campeer_rendition_frames_encoded_total{{rung=\"{}\"}} {}\n",
-                i + 1,
+        type RungMetric = (&'static str, &'static str, fn(&Rendition) -> u64);
+        const PER_RUNG: &[RungMetric] = &[
+            ("campeer_rendition_viewers", "gauge", |r| r.users() as u64),
+            ("campeer_rendition_frames_encoded_total", "counter", |r| {
                 r.stats.frames.load(Ordering::Relaxed)
-            ));
+            }),
+            ("campeer_rendition_video_bytes_total", "counter", |r| {
+                r.stats.video_bytes.load(Ordering::Relaxed)
+            }),
+        ];
+        for (name, kind, value) in PER_RUNG {
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            for (i, r) in self.media.renditions.iter().enumerate() {
+                out.push_str(&format!(
+                    "{name}{{rung=\"{}\",size=\"{}x{}\",kbps=\"{}\"}} {}\n",
+                    i + 1,
+                    r.spec.width,
+                    r.spec.height,
+                    r.spec.bitrate_kbps,
+                    value(r)
+                ));
+            }
         }
         out
     }

@@ -95,6 +95,76 @@ pub struct ConnLimits {
     /// Origins (`https://host[:port]`) whose pages may open `/ws` besides the server's own;
     /// `*` allows every origin.
     pub allowed_origins: Arc<[String]>,
+    /// A bearer token that opens `/metrics` to requests from anywhere; without it only this
+    /// machine reads them (see [`metrics_access`]).
+    pub metrics_token: Option<Arc<str>>,
+}
+
+/// The service each connection gets: the app, with the client's address (`ConnectInfo`).
+type AppService =
+    axum::middleware::AddExtension<axum::Router, axum::extract::ConnectInfo<std::net::SocketAddr>>;
+
+/// Why `/metrics` was not answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetricsRefusal {
+    /// Not from this machine, and no (or a wrong) bearer token.
+    #[error(
+        "metrics are for this machine (loopback) or for a client with server.metrics-token as a bearer token"
+    )]
+    NeedsToken,
+    /// From this machine, but the Host named is neither an address nor `localhost`: a web page
+    /// whose name was pointed at this machine (DNS rebinding).
+    #[error("Host {0:?} is not an address of this machine: use 127.0.0.1 or localhost")]
+    ForeignHost(String),
+}
+
+/// Whether a `/metrics` request may be answered. They name every viewer with its round-trip
+/// time and loss, and say whether the camera is in its room: answered to a client holding
+/// `token` (`Authorization: Bearer`), else only to this machine (a loopback peer, not relayed by a
+/// proxy on it, asking for a literal address or `localhost`).
+pub fn metrics_access(
+    peer: std::net::IpAddr,
+    host: Option<&str>,
+    authorization: Option<&str>,
+    forwarded: bool,
+    token: Option<&str>,
+) -> Result<(), MetricsRefusal> {
+    if let (Some(token), Some(auth)) = (token, authorization) {
+        let given = auth.strip_prefix("Bearer ").unwrap_or("").trim();
+        // Compared as digests: the time taken says nothing about the token.
+        use sha2::Digest;
+        if sha2::Sha256::digest(given.as_bytes()) == sha2::Sha256::digest(token.as_bytes()) {
+            return Ok(());
+        }
+        return Err(MetricsRefusal::NeedsToken);
+    }
+    if !peer.to_canonical().is_loopback() || forwarded {
+        return Err(MetricsRefusal::NeedsToken);
+    }
+    let host = host.unwrap_or("");
+    if host_is_local_literal(host) {
+        Ok(())
+    } else {
+        Err(MetricsRefusal::ForeignHost(
+            host.chars().take(100).collect(),
+        ))
+    }
+}
+
+/// `localhost` or an IP address, with or without a port (`[v6]:port` for IPv6).
+fn host_is_local_literal(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((v6, port)) if port.is_empty() || port.starts_with(':') => v6,
+            _ => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        }
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// Whether a WebSocket opened by a page at `origin` may connect to a server reached as `host`
@@ -377,7 +447,7 @@ impl SignalServer {
         server: axum_server::Server<std::net::SocketAddr, Acc>,
         what: &'static str,
     ) where
-        Acc: axum_server::accept::Accept<tokio::net::TcpStream, axum::Router>
+        Acc: axum_server::accept::Accept<tokio::net::TcpStream, AppService>
             + Clone
             + Send
             + Sync
@@ -393,7 +463,7 @@ impl SignalServer {
         let server = server.handle(handle.clone());
         self.tasks.spawn(async move {
             tokio::select! {
-                r = server.serve(app.into_make_service()) => if let Err(e) = r {
+                r = server.serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>()) => if let Err(e) = r {
                     tracing::error!(error = %e, "{what}");
                 },
                 _ = shutdown.cancelled() => handle.shutdown(),
@@ -457,7 +527,32 @@ async fn healthz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(
+    State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let forwarded =
+        headers.contains_key("x-forwarded-for") || headers.contains_key(header::FORWARDED);
+    if let Err(refusal) = metrics_access(
+        peer.ip(),
+        text(header::HOST),
+        text(header::AUTHORIZATION),
+        forwarded,
+        state.limits.metrics_token.as_deref(),
+    ) {
+        let status = match refusal {
+            MetricsRefusal::NeedsToken => StatusCode::UNAUTHORIZED,
+            MetricsRefusal::ForeignHost(_) => StatusCode::FORBIDDEN,
+        };
+        return (
+            status,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"campeer metrics\"")],
+            format!("{refusal}\n"),
+        )
+            .into_response();
+    }
     let mut out = String::new();
     if let Some(s) = stats(&state.hub).await {
         out.push_str(&format!(
@@ -882,6 +977,59 @@ async fn connection(socket: WebSocket, state: AppState) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_go_to_this_machine_or_the_token_holder() {
+        use std::net::IpAddr;
+        let lo: IpAddr = "127.0.0.1".parse().unwrap(); // literal: cannot fail
+        let lo6: IpAddr = "::1".parse().unwrap(); // literal: cannot fail
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap(); // literal: cannot fail
+        let lan: IpAddr = "192.168.1.20".parse().unwrap(); // literal: cannot fail
+        let ok = |peer, host| metrics_access(peer, Some(host), None, false, None);
+        assert_eq!(ok(lo, "127.0.0.1:8080"), Ok(()));
+        assert_eq!(ok(lo, "localhost:8080"), Ok(()));
+        assert_eq!(ok(lo, "LOCALHOST"), Ok(()));
+        assert_eq!(ok(lo6, "[::1]:8080"), Ok(()));
+        assert_eq!(ok(mapped, "127.0.0.1"), Ok(()));
+        // A page at evil.example whose name now points here (DNS rebinding).
+        assert_eq!(
+            ok(lo, "evil.example:8080"),
+            Err(MetricsRefusal::ForeignHost("evil.example:8080".into()))
+        );
+        assert!(ok(lo, "[::1]x").is_err());
+        assert_eq!(
+            metrics_access(lo, None, None, false, None),
+            Err(MetricsRefusal::ForeignHost(String::new()))
+        );
+        // From the LAN, or relayed by a proxy on this machine: only with the token.
+        assert_eq!(ok(lan, "192.168.1.2:8080"), Err(MetricsRefusal::NeedsToken));
+        assert_eq!(
+            metrics_access(lo, Some("127.0.0.1"), None, true, None),
+            Err(MetricsRefusal::NeedsToken)
+        );
+        let with = |peer, auth| metrics_access(peer, Some("cam.lan"), auth, false, Some("s3cret"));
+        assert_eq!(with(lan, Some("Bearer s3cret")), Ok(()));
+        assert_eq!(
+            with(lan, Some("Bearer s3cre")),
+            Err(MetricsRefusal::NeedsToken)
+        );
+        assert_eq!(
+            with(lan, Some("Basic s3cret")),
+            Err(MetricsRefusal::NeedsToken)
+        );
+        assert_eq!(with(lan, None), Err(MetricsRefusal::NeedsToken));
+        // A wrong token is refused even from this machine (it was meant to be used).
+        assert_eq!(
+            metrics_access(
+                lo,
+                Some("127.0.0.1"),
+                Some("Bearer nope"),
+                false,
+                Some("s3cret")
+            ),
+            Err(MetricsRefusal::NeedsToken)
+        );
+    }
 
     #[test]
     fn the_outgoing_queue_is_bounded_in_bytes_too() {

@@ -546,12 +546,28 @@ pub fn serve_with(listen: &str, env: &[(&str, &str)]) -> (Campeer, String) {
 /// `GET path` from `base` (`http://host:port`) with a plain HTTP/1.0 request: (status, whole
 /// response text).
 pub async fn http_get(base: &str, path: &str) -> (u16, String) {
+    http_get_with(base, path, &[]).await
+}
+
+/// [`http_get`] with extra request headers (`"Name: value"`); a `Host:` among them replaces the
+/// one from `base`.
+pub async fn http_get_with(base: &str, path: &str, headers: &[&str]) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let host = base.trim_start_matches("http://");
     let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await
-        .expect("send request");
+    let mut request = format!("GET {path} HTTP/1.0\r\n");
+    if !headers
+        .iter()
+        .any(|h| h.to_ascii_lowercase().starts_with("host:"))
+    {
+        request.push_str(&format!("Host: {host}\r\n"));
+    }
+    for h in headers {
+        request.push_str(h);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    s.write_all(request.as_bytes()).await.expect("send request");
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.expect("read response");
     let text = String::from_utf8_lossy(&buf).into_owned();
