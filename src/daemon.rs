@@ -18,7 +18,7 @@ use crate::signal::admission::Admission;
 use crate::signal::ice::IceProvider;
 use crate::signal::protocol::Role;
 use crate::signal::router::{Access, Limits, Router};
-use crate::signal::server::{ConnLimits, NoObserver, Observer, SignalServer};
+use crate::signal::server::{ConnLimits, HubProbe, NoObserver, Observer, SignalServer};
 use crate::signal::token::TokenKey;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -196,7 +196,7 @@ pub async fn serve(config: Config, reload: Reload) -> Result<(), DaemonError> {
         server.local_addr
     );
     notify::notify("READY=1\nSTATUS=serving");
-    spawn_watchdog(&tasks, shutdown.clone());
+    spawn_watchdog(&tasks, shutdown.clone(), Some(server.probe()));
     spawn_reload(&tasks, shutdown.clone(), reload, tls, None);
     signal.await;
     notify::notify("STOPPING=1");
@@ -205,19 +205,62 @@ pub async fn serve(config: Config, reload: Reload) -> Result<(), DaemonError> {
     Ok(())
 }
 
-fn spawn_watchdog(tasks: &TaskTracker, shutdown: CancellationToken) {
+/// Keep-alives for systemd's watchdog, sent only while the signaling hub (when this process
+/// runs one) answers: a hub that is stuck or gone stops them, and systemd restarts campeer.
+fn spawn_watchdog(tasks: &TaskTracker, shutdown: CancellationToken, hub: Option<HubProbe>) {
     let Some(every) = notify::watchdog_interval() else {
         return;
     };
-    tasks.spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => { notify::notify("WATCHDOG=1"); }
-                _ = shutdown.cancelled() => break,
+    let alive = move || {
+        let hub = hub.clone();
+        async move {
+            match hub {
+                Some(h) => h.answers().await,
+                None => true,
             }
         }
-    });
+    };
+    tasks.spawn(keepalives(
+        every,
+        alive,
+        || {
+            notify::notify("WATCHDOG=1");
+        },
+        shutdown,
+    ));
+}
+
+/// Every `every`: `send` a keep-alive if `alive` says yes within that time, else withhold it
+/// (saying so once per outage).
+async fn keepalives<A, F>(
+    every: Duration,
+    alive: A,
+    mut send: impl FnMut(),
+    shutdown: CancellationToken,
+) where
+    A: Fn() -> F,
+    F: std::future::Future<Output = bool>,
+{
+    let mut tick = tokio::time::interval(every);
+    let mut withheld = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => break,
+        }
+        if tokio::time::timeout(every, alive()).await.unwrap_or(false) {
+            send();
+            if withheld {
+                tracing::info!("the signaling hub answers again: watchdog keep-alives resumed");
+            }
+            withheld = false;
+        } else if !withheld {
+            tracing::error!(
+                "the signaling hub does not answer: watchdog keep-alives withheld (systemd restarts campeer when its WatchdogSec passes)"
+            );
+            withheld = true;
+        }
+    }
 }
 
 /// How long the pipeline has gone without a video frame, counted from whichever is later: the
@@ -692,6 +735,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
     let embedded = config.camera.signal_url.is_empty();
     let mut key = None;
     let mut server_tls = None;
+    let mut hub = None;
     let (signal_url, page_base) = if embedded {
         let k = TokenKey::new(crate::signal::load_secret(&config)?);
         key = Some(k.clone());
@@ -729,6 +773,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
             addr: config.server.listen.clone(),
             source,
         })?;
+        hub = Some(server.probe());
         let addr = server.local_addr;
         let local: SocketAddr = match addr {
             SocketAddr::V4(a) if a.ip().is_unspecified() => {
@@ -798,7 +843,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         signal_ca: config.camera.signal_ca.clone(),
     };
     // Keep-alives start now: waiting for an unreachable remote server is not a hang.
-    spawn_watchdog(&tasks, shutdown.clone());
+    spawn_watchdog(&tasks, shutdown.clone(), hub);
     let (ready_tx, mut ready_rx) = watch::channel(false);
     tasks.spawn(camera::run(
         cam_settings,
@@ -935,5 +980,63 @@ fn print_ready(
         println!(
             "(the token in the address admits viewers to room {room:?} for 30 days; `campeer token` makes more)"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+    /// Keep-alives go out while the hub answers, stop while it does not (or hangs), and resume.
+    #[tokio::test(start_paused = true)]
+    async fn keepalives_follow_the_hub() {
+        let every = Duration::from_secs(10);
+        let answers = Arc::new(AtomicBool::new(true));
+        let hangs = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let shutdown = CancellationToken::new();
+        let (a, h, s) = (answers.clone(), hangs.clone(), sent.clone());
+        let task = tokio::spawn(keepalives(
+            every,
+            move || {
+                let (a, h) = (a.clone(), h.clone());
+                async move {
+                    if h.load(Ordering::Relaxed) {
+                        std::future::pending::<()>().await;
+                    }
+                    a.load(Ordering::Relaxed)
+                }
+            },
+            move || {
+                s.fetch_add(1, Ordering::Relaxed);
+            },
+            shutdown.clone(),
+        ));
+        let at = |secs| {
+            tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_secs(secs))
+        };
+        at(25).await; // ticks at 0, 10, 20
+        assert_eq!(sent.load(Ordering::Relaxed), 3);
+        answers.store(false, Ordering::Relaxed);
+        at(20).await; // 30, 40: refused
+        assert_eq!(
+            sent.load(Ordering::Relaxed),
+            3,
+            "a hub that says no gets no keep-alive"
+        );
+        answers.store(true, Ordering::Relaxed);
+        hangs.store(true, Ordering::Relaxed);
+        at(30).await; // 50, 60 (+10 s waits each): hangs
+        assert_eq!(
+            sent.load(Ordering::Relaxed),
+            3,
+            "a hub that hangs gets no keep-alive"
+        );
+        hangs.store(false, Ordering::Relaxed);
+        at(30).await;
+        assert!(sent.load(Ordering::Relaxed) >= 5, "keep-alives resume");
+        shutdown.cancel();
+        task.await.expect("the loop ends on shutdown");
     }
 }

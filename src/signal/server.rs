@@ -475,6 +475,27 @@ impl SignalServer {
     pub async fn stats(&self) -> Option<HubStats> {
         stats(&self.hub).await
     }
+
+    /// A handle that asks the hub task whether it still answers (for the watchdog).
+    pub fn probe(&self) -> HubProbe {
+        HubProbe {
+            hub: self.hub.clone(),
+        }
+    }
+}
+
+/// Asks the hub task, through its own channel, whether it still answers: a hub that is stuck or
+/// gone does not, whatever the process's other tasks do.
+#[derive(Clone)]
+pub struct HubProbe {
+    hub: mpsc::Sender<HubEvent>,
+}
+
+impl HubProbe {
+    /// True when the hub answered (callers bound the wait).
+    pub async fn answers(&self) -> bool {
+        stats(&self.hub).await.is_some()
+    }
 }
 
 async fn stats(hub: &mpsc::Sender<HubEvent>) -> Option<HubStats> {
