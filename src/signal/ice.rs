@@ -65,9 +65,24 @@ impl IceProvider {
 
     /// The list for `peer` at `now`.
     pub fn for_peer(&self, peer: &str, now: SystemTime) -> Vec<IceServer> {
+        self.for_peer_until(peer, now, None)
+    }
+
+    /// The list for `peer` at `now`, its TURN credentials expiring no later than `not_after`
+    /// (the expiry of the token it joined with: a relay outlives no access).
+    pub fn for_peer_until(
+        &self,
+        peer: &str,
+        now: SystemTime,
+        not_after: Option<SystemTime>,
+    ) -> Vec<IceServer> {
         let mut out = self.static_servers.clone();
         if let Some((urls, secret, ttl)) = &self.rest {
-            let (username, credential) = turn_rest_credentials(secret, peer, *ttl, now);
+            let ttl = match not_after {
+                Some(end) => (*ttl).min(end.duration_since(now).unwrap_or_default()),
+                None => *ttl,
+            };
+            let (username, credential) = turn_rest_credentials(secret, peer, ttl, now);
             out.push(IceServer {
                 urls: urls.clone(),
                 username: Some(username),
@@ -90,6 +105,38 @@ mod tests {
         let (u, c) = turn_rest_credentials(b"secret", "peer1", Duration::from_secs(86_400), now);
         assert_eq!(u, "1000086400:peer1");
         assert_eq!(c, "ZeZRqiv+iJBhP+YI6UYgtbKjQIU=");
+    }
+
+    #[test]
+    fn turn_credentials_end_with_the_token() {
+        let p = IceProvider {
+            static_servers: vec![],
+            rest: Some((
+                vec!["turn:t.example".into()],
+                b"secret".to_vec(),
+                Duration::from_secs(86_400),
+            )),
+            relay_only: false,
+        };
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let user = |not_after| p.for_peer_until("v1", now, not_after)[0].username.clone();
+        assert_eq!(
+            user(None).as_deref(),
+            Some("1000086400:v1"),
+            "the configured ttl"
+        );
+        let soon = Some(now + Duration::from_secs(600));
+        assert_eq!(
+            user(soon).as_deref(),
+            Some("1000000600:v1"),
+            "no later than the token"
+        );
+        let later = Some(now + Duration::from_secs(10 * 86_400));
+        assert_eq!(
+            user(later).as_deref(),
+            Some("1000086400:v1"),
+            "no later than the ttl"
+        );
     }
 
     #[test]

@@ -231,6 +231,7 @@ impl Router {
                 "room names are 1-64 characters of A-Z a-z 0-9 _ - .",
             );
         }
+        let mut access_until = None;
         if !self.access.is_open(&room) {
             let Some(token) = token.filter(|t| !t.is_empty()) else {
                 return err(
@@ -240,7 +241,10 @@ impl Router {
                 );
             };
             match self.access.key.verify(&token, &room, role, now) {
-                Ok(_) => {}
+                Ok(claims) => {
+                    access_until =
+                        Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(claims.exp));
+                }
                 Err(TokenError::Expired(ago)) => {
                     return err(
                         from,
@@ -333,7 +337,7 @@ impl Router {
                 id: from.clone(),
                 room: room.clone(),
                 peers,
-                ice_servers: self.ice.for_peer(from, now),
+                ice_servers: self.ice.for_peer_until(from, now, access_until),
                 ice_transport_policy: self.ice.transport_policy(),
                 protocol: PROTOCOL_VERSION,
             },
