@@ -12,84 +12,13 @@
 //! otherwise idle they were 28.4–29.6 fps and 78–79 % of the link.
 
 mod common;
+use common::playback::{CAMPEER_PAGE, watch};
 use common::shaped::{HOST_IP, ShapedNs};
 use common::*;
-use serde_json::Value;
 use std::time::Duration;
 
 /// Seconds of each measurement.
 const WINDOW_S: u64 = 20;
-
-/// Over [`WINDOW_S`] seconds: frames presented (requestVideoFrameCallback), the longest time
-/// without a new frame, what the browser received (video and audio), its decoded size.
-const MEASURE_JS: &str = r#"(async () => {
-  const cam = [...window.campeer.cams.values()][0];
-  const v = cam.video;
-  const stat = async () => {
-    const s = await cam.pc.getStats();
-    const r = { bytes: 0 };
-    s.forEach((x) => {
-      if (x.type !== 'inbound-rtp') return;
-      r.bytes += x.bytesReceived || 0;
-      if (x.kind === 'video') { r.vbytes = x.bytesReceived; r.width = x.frameWidth; r.height = x.frameHeight;
-        r.decoded = x.framesDecoded; r.lost = x.packetsLost; r.nacks = x.nackCount;
-        r.rtx = x.retransmittedPacketsReceived || 0; r.plis = x.pliCount; }
-    });
-    return r;
-  };
-  const s0 = await stat();
-  const t0 = performance.now();
-  const times = [];
-  await new Promise((resolve) => {
-    setTimeout(resolve, WINDOW_S * 1000 + 500);
-    const cb = (now) => {
-      times.push(now);
-      if (now - t0 >= WINDOW_S * 1000) resolve(); else v.requestVideoFrameCallback(cb);
-    };
-    v.requestVideoFrameCallback(cb);
-  });
-  const t1 = performance.now();
-  const s1 = await stat();
-  let gap = times.length ? Math.max(times[0] - t0, t1 - times[times.length - 1]) : t1 - t0;
-  for (let i = 1; i < times.length; i++) gap = Math.max(gap, times[i] - times[i - 1]);
-  return JSON.stringify({ secs: (t1 - t0) / 1000, frames: times.length, gap,
-    kbps: 8 * (s1.bytes - s0.bytes) / (t1 - t0), vbytes: s1.vbytes - s0.vbytes, width: s1.width, height: s1.height,
-    lost: s1.lost - s0.lost, nacks: s1.nacks - s0.nacks, rtx: s1.rtx - s0.rtx, plis: s1.plis - s0.plis });
-})()"#;
-
-#[derive(Debug)]
-struct Watched {
-    fps: f64,
-    longest_gap_ms: f64,
-    kbps: f64,
-    width: u64,
-    height: u64,
-    lost: i64,
-    /// Video payload bytes received in the window.
-    video_bytes: f64,
-    nacks: i64,
-    retransmitted: i64,
-    plis: i64,
-}
-
-async fn watch(page: &mut Page) -> Watched {
-    let js = MEASURE_JS.replace("WINDOW_S", &WINDOW_S.to_string());
-    let v: Value = serde_json::from_str(page.eval(&js).await.as_str().expect("measure result"))
-        .expect("measure JSON");
-    let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-    Watched {
-        fps: f("frames") / f("secs"),
-        longest_gap_ms: f("gap"),
-        kbps: f("kbps"),
-        width: v["width"].as_u64().unwrap_or(0),
-        height: v["height"].as_u64().unwrap_or(0),
-        lost: v["lost"].as_i64().unwrap_or(-1),
-        video_bytes: f("vbytes"),
-        nacks: v["nacks"].as_i64().unwrap_or(-1),
-        retransmitted: v["rtx"].as_i64().unwrap_or(-1),
-        plis: v["plis"].as_i64().unwrap_or(-1),
-    }
-}
 
 /// A camera listening on the host end of the shaped link, 1280x720@30 at 2,500 kbit/s.
 fn camera() -> (Campeer, String) {
@@ -159,25 +88,13 @@ async fn a_viewer_behind_1_mbit_watches_smoothly_beside_an_unlimited_one() {
     // The estimates settle and the slow viewer moves to the lower rung within seconds.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let encoded_before = rung1_bytes(&base).await;
-    let (w, f) = tokio::join!(watch(&mut slow), watch(&mut fast));
+    let (w, f) = tokio::join!(
+        watch(&mut slow, WINDOW_S, CAMPEER_PAGE),
+        watch(&mut fast, WINDOW_S, CAMPEER_PAGE)
+    );
     let encoded = rung1_bytes(&base).await - encoded_before;
-    eprintln!(
-        "congestion: 1 Mbit/s viewer: {:.1} fps, longest freeze {:.0} ms, {:.0} kbit/s received, {}x{}, {} lost, {} NACKs, {} retransmitted, {} PLIs; link: {}",
-        w.fps,
-        w.longest_gap_ms,
-        w.kbps,
-        w.width,
-        w.height,
-        w.lost,
-        w.nacks,
-        w.retransmitted,
-        w.plis,
-        link.stats()
-    );
-    eprintln!(
-        "congestion: unlimited viewer: {:.1} fps, longest freeze {:.0} ms, {:.0} kbit/s received, {}x{}",
-        f.fps, f.longest_gap_ms, f.kbps, f.width, f.height
-    );
+    eprintln!("congestion: 1 Mbit/s viewer: {w}; link: {}", link.stats());
+    eprintln!("congestion: unlimited viewer: {f}");
     let mut encoders = Vec::new();
     for m in [
         "campeer_viewer_estimate_bps",

@@ -6,6 +6,7 @@ pub mod firefox;
 pub mod impair;
 pub mod loopback;
 pub mod netns;
+pub mod playback;
 pub mod rtc_viewer;
 pub mod shaped;
 
@@ -250,6 +251,11 @@ impl Browser {
 
     /// A Chromium inside network namespace `ns`; its DevTools port is reached from inside too.
     pub fn launch_in(ns: Option<&str>) -> Browser {
+        Self::launch_with(ns, &[])
+    }
+
+    /// [`Browser::launch_in`] with extra command-line switches (a fake camera, say).
+    pub fn launch_with(ns: Option<&str>, extra: &[&str]) -> Browser {
         let profile = TempDir::new("chromium");
         let mut cmd = match ns {
             Some(ns) => {
@@ -275,6 +281,7 @@ impl Browser {
             // Tests serve https with a self-signed certificate made on the spot.
             "--ignore-certificate-errors",
         ])
+        .args(extra)
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg("about:blank")
         .stdin(Stdio::null())
