@@ -19,7 +19,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::playback::{CAMPEER_PAGE, FREEZE_MS, Watched, size, watch};
+use common::playback::{CAMPEER_PAGE, FREEZE_MS, Watched, size, watch_long as watch};
 use common::shaped::{HOST_IP, ShapedNs};
 use common::{Browser, Campeer, Page, TempDir, netns};
 use std::io::{Read, Write};

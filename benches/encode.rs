@@ -43,7 +43,7 @@ fn setup(
         audio_bitrate_kbps: 64,
         vp8_fallback,
         camera_h264: campeer::media::source::CameraH264::Auto,
-        lower_rung: None,
+        lower_rungs: Vec::new(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -157,25 +157,23 @@ pub struct VideoConfig {
     pub fallback: Fallback,
     /// What to do with a V4L2 camera's own H.264: pass it through, or decode and encode it.
     pub camera_h264: CameraH264,
-    /// The lower rendition for viewers on slow links: `auto`, `none` or `WIDTHxHEIGHT@KBPS`.
-    pub lower_rung: String,
+    /// Lower renditions for viewers on slow links: `auto`, `none` or a comma-separated list of
+    /// `WIDTHxHEIGHT@KBPS`.
+    pub lower_rungs: String,
 }
 
 pub use crate::media::source::CameraH264;
 
 impl VideoConfig {
-    /// The lower rendition `lower-rung` asks for (`auto`: derived from the main size and
-    /// bitrate, see [`RungSpec::auto_for`]).
-    pub fn lower_rung(&self) -> Result<Option<RungSpec>, RungSpecError> {
-        match self.lower_rung.trim() {
-            "auto" => Ok(RungSpec::auto_for(
-                self.width,
-                self.height,
-                self.bitrate_kbps,
-            )),
-            "none" => Ok(None),
-            other => RungSpec::parse(other).map(Some),
-        }
+    /// The lower renditions `lower-rungs` asks for, highest first (`auto`: derived from the
+    /// main size and bitrate, see [`RungSpec::auto_for`]).
+    pub fn lower_rungs(&self) -> Result<Vec<RungSpec>, RungSpecError> {
+        RungSpec::parse_list(
+            &self.lower_rungs,
+            self.width,
+            self.height,
+            self.bitrate_kbps,
+        )
     }
 }
 
@@ -203,7 +201,7 @@ impl Default for VideoConfig {
             encoder: "auto".into(),
             fallback: Fallback::Vp8,
             camera_h264: CameraH264::Auto,
-            lower_rung: "auto".into(),
+            lower_rungs: "auto".into(),
         }
     }
 }
@@ -484,8 +482,8 @@ impl Config {
                 ),
             );
         }
-        if let Err(e) = self.video.lower_rung() {
-            return bad("video.lower-rung", e.to_string());
+        if let Err(e) = self.video.lower_rungs() {
+            return bad("video.lower-rungs", e.to_string());
         }
         if !(50..=100_000).contains(&self.video.bitrate_kbps) {
             return bad(

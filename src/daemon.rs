@@ -494,7 +494,7 @@ fn media_settings(config: &Config) -> Result<MediaSettings, PipelineError> {
         vp8_fallback: config.video.fallback == crate::config::Fallback::Vp8,
         camera_h264: config.video.camera_h264,
         // Checked by Config::validate; an invalid value here means no lower rung.
-        lower_rung: config.video.lower_rung().ok().flatten(),
+        lower_rungs: config.video.lower_rungs().unwrap_or_default(),
     })
 }
 

@@ -25,7 +25,7 @@ fn settings(encoder: &str, video: VideoSource, gop: u32) -> MediaSettings {
         audio_bitrate_kbps: 64,
         vp8_fallback: false,
         camera_h264: campeer::media::source::CameraH264::Auto,
-        lower_rung: None,
+        lower_rungs: Vec::new(),
     }
 }
 

@@ -10,8 +10,8 @@
 //!   queues for seconds. Instead the video feed paces its own packets ([`VideoPacer`], a
 //!   multiple of what its rung sends, over webrtc-rs's leaky bucket) and drops frames up to the next
 //!   keyframe when they are late ([`MAX_SEND_DELAY`]); audio is written as it comes.
-//! - [`RungPolicy`] turns the estimate into the rung to watch: down when the estimate has been
-//!   below what the rung needs for half a second, up only after the estimate has had room for the higher
+//! - [`RungPolicy`] turns the estimate into the rung to watch: one rung down when the estimate
+//!   has been below what the rung needs for half a second, up only after the estimate has had room for the higher
 //!   rung for a while, and after a failed step up it waits twice as long before trying again.
 
 use rtc::interceptor::{BandwidthEstimator, EstimatorStats, Gcc, Pacer, PacketReport};
@@ -30,6 +30,10 @@ pub const MAX_SEND_DELAY: Duration = Duration::from_millis(400);
 const DOWN_MARGIN: f64 = 1.0;
 /// ... for this long (one low sample of GCC's estimate is noise more often than not).
 const DOWN_HOLD: Duration = Duration::from_millis(500);
+/// After a step down, the next one waits this long: GCC's estimate stays low for a while after
+/// the loss that caused the first (behind 1 Mbit/s it took viewers on down to 320x180 where
+/// 640x360 plays).
+const DOWN_SETTLE: Duration = Duration::from_secs(3);
 /// A higher rung is tried when the estimate has been above its need times this ...
 const UP_MARGIN: f64 = 1.25;
 /// ... for this long.
@@ -169,6 +173,8 @@ pub struct RungPolicy {
     needs: Vec<f64>,
     /// Since when the estimate has been below what the current rung needs.
     short_since: Option<Instant>,
+    /// When the last step down happened.
+    last_down: Option<Instant>,
     /// Since when the estimate has had room for the rung above.
     room_since: Option<Instant>,
     /// When the last step up happened.
@@ -185,6 +191,7 @@ impl RungPolicy {
         Self {
             needs,
             short_since: None,
+            last_down: None,
             room_since: None,
             last_up: None,
             backoff: MIN_UP_BACKOFF,
@@ -202,12 +209,18 @@ impl RungPolicy {
         let current = current.min(last);
         if estimate >= self.needs[current] * DOWN_MARGIN || current == last {
             self.short_since = None;
-        } else if now.duration_since(*self.short_since.get_or_insert(now)) >= DOWN_HOLD {
-            // Down, to the highest rung that fits (else the lowest).
-            let to = (current + 1..=last)
-                .find(|&r| self.needs[r] * DOWN_MARGIN <= estimate)
-                .unwrap_or(last);
+        } else if now.duration_since(*self.short_since.get_or_insert(now)) >= DOWN_HOLD
+            && self
+                .last_down
+                .is_none_or(|t| now.duration_since(t) >= DOWN_SETTLE)
+        {
+            // One rung down; still short there after it settled, one further. Right after a
+            // loss GCC's estimate undershoots: jumping to the rung that estimate fits left
+            // viewers at 320x180 where 640x360 plays.
+            let to = current + 1;
             self.room_since = None;
+            self.short_since = None;
+            self.last_down = Some(now);
             if self
                 .last_up
                 .is_some_and(|t| now.duration_since(t) < UP_PROBATION)
@@ -335,16 +348,32 @@ mod tests {
     }
 
     #[test]
-    fn down_picks_the_highest_rung_that_fits() {
+    fn down_goes_one_rung_at_a_time() {
         let t0 = Instant::now();
         let mut p = RungPolicy::new(vec![MAIN, 1_200_000.0, 400_000.0]);
-        assert_eq!(fall(&mut p, t0, 0, 0, 1_500_000.0), 1);
-        let mut p = RungPolicy::new(vec![MAIN, 1_200_000.0, 400_000.0]);
-        assert_eq!(fall(&mut p, t0, 0, 0, 600_000.0), 2);
+        assert_eq!(fall(&mut p, t0, 0, 0, 600_000.0), 1, "one rung down");
+        assert_eq!(p.decide(at(t0, 1_000), 1, Some(600_000.0)), 1);
         assert_eq!(
-            p.decide(at(t0, 2_000), 2, Some(100_000.0)),
+            p.decide(at(t0, 2_000), 1, Some(600_000.0)),
+            1,
+            "the estimate settles for 3 s after a step down"
+        );
+        assert_eq!(
+            p.decide(at(t0, 3_500), 1, Some(600_000.0)),
+            2,
+            "still short once settled: one more"
+        );
+        assert_eq!(
+            p.decide(at(t0, 3_000), 2, Some(100_000.0)),
             2,
             "nothing lower: stay on the lowest"
+        );
+        let mut p = RungPolicy::new(vec![MAIN, 1_200_000.0, 400_000.0]);
+        assert_eq!(fall(&mut p, t0, 0, 0, 600_000.0), 1);
+        assert_eq!(
+            p.decide(at(t0, 1_000), 1, Some(1_300_000.0)),
+            1,
+            "the estimate recovered above this rung's need: stay"
         );
     }
 

@@ -84,8 +84,8 @@ pub struct MediaSettings {
     pub vp8_fallback: bool,
     /// What to do with a V4L2 camera's own H.264 (see [`source::CameraH264`]).
     pub camera_h264: source::CameraH264,
-    /// A lower rendition for viewers on slow links (started on demand), if any.
-    pub lower_rung: Option<RungSpec>,
+    /// Lower renditions for viewers on slow links (each started on demand), highest first.
+    pub lower_rungs: Vec<RungSpec>,
 }
 
 /// Counters read by `/metrics` and `/healthz`.
@@ -294,8 +294,9 @@ pub fn describe(settings: &MediaSettings, kind: EncoderKind) -> (String, Option<
             encoder::vp8_fragment(s)
         ));
     }
-    // A lower rendition: scaled and encoded once more, behind a valve like VP8's.
-    if let Some(rung) = settings.lower_rung {
+    // Lower renditions: scaled and encoded once more each, behind valves like VP8's.
+    for (i, rung) in settings.lower_rungs.iter().enumerate() {
+        let n = i + 1;
         let rs = EncodeSettings {
             width: rung.width,
             height: rung.height,
@@ -303,12 +304,12 @@ pub fn describe(settings: &MediaSettings, kind: EncoderKind) -> (String, Option<
             ..*s
         };
         video.push_str(&format!(
-            "  rawtee. ! valve name=rung1valve drop=true ! {queue} ! videoscale ! \
+            "  rawtee. ! valve name=rung{n}valve drop=true ! {queue} ! videoscale ! \
              video/x-raw,width={},height={} ! {} ! \
-             appsink name=rung1 sync=false async=false max-buffers=8 drop=true",
+             appsink name=rung{n} sync=false async=false max-buffers=8 drop=true",
             rung.width,
             rung.height,
-            encoder::launch_fragment_named(kind, &rs, "rung1enc")
+            encoder::launch_fragment_named(kind, &rs, &format!("rung{n}enc"))
         ));
     }
     (video, audio_desc(settings))
@@ -675,26 +676,37 @@ impl MediaPipeline {
         } else {
             None
         };
-        let renditions = match settings.lower_rung {
-            Some(spec) if kind != EncoderKind::Passthrough => {
-                let sink = appsink(&pipeline, "rung1")?;
-                let valve = pipeline.by_name("rung1valve").ok_or(PipelineError::Build {
-                    what: "rendition",
-                    message: "valve rung1valve missing".into(),
-                })?;
+        if kind == EncoderKind::Passthrough && !settings.lower_rungs.is_empty() {
+            tracing::info!(
+                "no lower renditions: the source's own H.264 is passed through (a board that can afford it could decode and encode it again; not done)"
+            );
+        }
+        let mut renditions = Vec::new();
+        if kind != EncoderKind::Passthrough {
+            for (i, spec) in settings.lower_rungs.iter().enumerate() {
+                let n = i + 1;
+                let sink = pipeline
+                    .by_name(&format!("rung{n}"))
+                    .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+                    .ok_or(PipelineError::Build {
+                        what: "rendition",
+                        message: format!("appsink rung{n} missing"),
+                    })?;
+                let valve =
+                    pipeline
+                        .by_name(&format!("rung{n}valve"))
+                        .ok_or(PipelineError::Build {
+                            what: "rendition",
+                            message: format!("valve rung{n}valve missing"),
+                        })?;
                 let stats = Arc::new(MediaStats::default());
                 let (tx, _) = broadcast::channel(VIDEO_QUEUE);
                 let keyframes = KeyframeRequester::new(stats.clone());
                 keyframes.set_pad(sink.static_pad("sink"));
                 install_sink(&sink, tx.clone(), stats.clone(), Kind::Rung);
-                vec![Arc::new(Rendition::new(spec, tx, keyframes, stats, valve))]
+                renditions.push(Arc::new(Rendition::new(*spec, tx, keyframes, stats, valve)));
             }
-            Some(spec) => {
-                tracing::info!(rung = %spec, "no lower rendition: the source's own H.264 is passed through (a board that can afford it could decode and encode it again; not done)");
-                Vec::new()
-            }
-            None => Vec::new(),
-        };
+        }
         Ok(MediaPipeline {
             vp8,
             renditions,

@@ -25,12 +25,15 @@ impl std::fmt::Display for RungSpec {
     }
 }
 
-/// Why a `video.lower-rung` value is not one.
+/// Why a `video.lower-rungs` value is not one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "video.lower-rung {0:?} is not \"auto\", \"none\" or WIDTHxHEIGHT@KBPS (e.g. \"640x360@600\", even sizes from 64x64, 50-100000 kbit/s)"
+    "video.lower-rungs {0:?} is not \"auto\", \"none\" or up to 3 comma-separated WIDTHxHEIGHT@KBPS, falling in bitrate (e.g. \"640x360@725,320x180@250\"; even sizes from 64x64, 50-100000 kbit/s)"
 )]
 pub struct RungSpecError(pub String);
+
+/// Most lower renditions.
+pub const MAX_LOWER_RUNGS: usize = 3;
 
 impl RungSpec {
     /// Parse `WIDTHxHEIGHT@KBPS`.
@@ -51,18 +54,50 @@ impl RungSpec {
         Ok(spec)
     }
 
-    /// The `auto` rung under a main encode of `width`x`height` at `kbps`: half the size, 29 %
-    /// of the bitrate (at least 250 kbit/s): 725 kbit/s under 2,500, which a 1 Mbit/s link
-    /// carries with the audio and headers; none when the main picture is already small or its
-    /// bitrate low.
-    pub fn auto_for(width: u32, height: u32, kbps: u32) -> Option<RungSpec> {
-        let even = |v: u32| (v / 2) & !1;
-        let spec = RungSpec {
-            width: even(width),
-            height: even(height),
-            bitrate_kbps: (kbps * 29 / 100).max(250),
+    /// Parse `video.lower-rungs` for a main encode of `width`x`height` at `kbps`: `auto`
+    /// ([`RungSpec::auto_for`]), `none`, or a comma-separated list falling in bitrate.
+    pub fn parse_list(
+        s: &str,
+        width: u32,
+        height: u32,
+        kbps: u32,
+    ) -> Result<Vec<RungSpec>, RungSpecError> {
+        match s.trim() {
+            "auto" => return Ok(RungSpec::auto_for(width, height, kbps)),
+            "none" => return Ok(Vec::new()),
+            _ => {}
+        }
+        let err = || RungSpecError(s.to_owned());
+        let list = s
+            .split(',')
+            .map(RungSpec::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| err())?;
+        let falling = list
+            .windows(2)
+            .all(|w| w[1].bitrate_kbps < w[0].bitrate_kbps);
+        let under_main = list.first().is_none_or(|r| r.bitrate_kbps < kbps);
+        if list.is_empty() || list.len() > MAX_LOWER_RUNGS || !falling || !under_main {
+            return Err(err());
+        }
+        Ok(list)
+    }
+
+    /// The `auto` rungs under a main encode of `width`x`height` at `kbps`: half the size at 29 %
+    /// of the bitrate (640x360 at 725 kbit/s under 1280x720 at 2,500, which a 1 Mbit/s link
+    /// carries with the audio and headers), and a quarter of the size at 10 % (at least 150
+    /// kbit/s; 320x180 at 250) for links shared with a download or worse. A rung is left out when
+    /// its picture would be under 160x90 or the main bitrate is under twice its own.
+    pub fn auto_for(width: u32, height: u32, kbps: u32) -> Vec<RungSpec> {
+        let scaled = |div: u32, percent: u32, floor: u32| RungSpec {
+            width: (width / div) & !1,
+            height: (height / div) & !1,
+            bitrate_kbps: (kbps * percent / 100).max(floor),
         };
-        (width >= 640 && height >= 360 && kbps >= 2 * spec.bitrate_kbps).then_some(spec)
+        [scaled(2, 29, 250), scaled(4, 10, 150)]
+            .into_iter()
+            .filter(|r| r.width >= 160 && r.height >= 90 && kbps >= 2 * r.bitrate_kbps)
+            .collect()
     }
 }
 
@@ -172,30 +207,47 @@ mod tests {
     }
 
     #[test]
-    fn auto_halves_the_picture_and_lowers_the_rate() {
+    fn auto_halves_and_quarters_the_picture() {
+        let names = |v: Vec<RungSpec>| v.iter().map(|r| r.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            RungSpec::auto_for(1280, 720, 2500),
-            Some(RungSpec {
-                width: 640,
-                height: 360,
-                bitrate_kbps: 725
-            })
+            names(RungSpec::auto_for(1280, 720, 2500)),
+            ["640x360@725", "320x180@250"]
         );
         assert_eq!(
-            RungSpec::auto_for(1920, 1080, 4000)
-                .map(|s| s.to_string())
-                .as_deref(),
-            Some("960x540@1160")
+            names(RungSpec::auto_for(1920, 1080, 4000)),
+            ["960x540@1160", "480x270@400"]
         );
         assert_eq!(
-            RungSpec::auto_for(640, 480, 400),
-            None,
-            "too little bitrate to split"
+            names(RungSpec::auto_for(640, 480, 2500)),
+            ["320x240@725", "160x120@250"]
         );
         assert_eq!(
-            RungSpec::auto_for(320, 240, 2500),
-            None,
-            "too small to halve"
+            names(RungSpec::auto_for(640, 480, 400)),
+            ["160x120@150"],
+            "too little bitrate for the half-size rung"
         );
+        assert_eq!(
+            names(RungSpec::auto_for(320, 240, 2500)),
+            ["160x120@725"],
+            "too small to quarter"
+        );
+    }
+
+    #[test]
+    fn lists_parse_and_refuse() {
+        let list = |s| RungSpec::parse_list(s, 1280, 720, 2500).map(|v| v.len());
+        assert_eq!(list("auto"), Ok(2));
+        assert_eq!(list("none"), Ok(0));
+        assert_eq!(list("640x360@725"), Ok(1));
+        assert_eq!(list("640x360@725, 320x180@250"), Ok(2));
+        for bad in [
+            "",
+            "640x360@725,320x180@900",
+            "640x360@3000",
+            "a@b",
+            "640x360@700,480x270@500,320x180@300,160x90@100",
+        ] {
+            assert!(list(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -107,6 +107,36 @@ pub async fn watch(page: &mut Page, secs: u64, target: (&str, &str)) -> Watched 
     }
 }
 
+/// [`watch`] over a window longer than one DevTools call may take: measured in windows of at
+/// most 30 s, combined (a gap across two windows counts as two).
+pub async fn watch_long(page: &mut Page, secs: u64, target: (&str, &str)) -> Watched {
+    let mut parts = Vec::new();
+    let mut left = secs;
+    while left > 0 {
+        let n = left.min(30);
+        parts.push((n as f64, watch(page, n, target).await));
+        left -= n;
+    }
+    let total: f64 = parts.iter().map(|(n, _)| n).sum();
+    let mut all = parts.last().map(|(_, w)| w.clone()).unwrap_or_default();
+    let sum = |f: fn(&Watched) -> f64| parts.iter().map(|(n, w)| n * f(w)).sum::<f64>() / total;
+    all.fps = sum(|w| w.fps);
+    all.kbps = sum(|w| w.kbps);
+    all.longest_gap_ms = parts
+        .iter()
+        .map(|(_, w)| w.longest_gap_ms)
+        .fold(0.0, f64::max);
+    all.freezes = parts.iter().map(|(_, w)| w.freezes).sum();
+    all.frozen_ms = parts.iter().map(|(_, w)| w.frozen_ms).sum();
+    all.video_bytes = parts.iter().map(|(_, w)| w.video_bytes).sum();
+    let count = |f: fn(&Watched) -> i64| parts.iter().map(|(_, w)| f(w)).sum::<i64>();
+    all.lost = count(|w| w.lost);
+    all.nacks = count(|w| w.nacks);
+    all.retransmitted = count(|w| w.retransmitted);
+    all.plis = count(|w| w.plis);
+    all
+}
+
 /// The decoded video size the page shows now (0x0 before the first frame).
 pub async fn size(page: &mut Page, target: (&str, &str)) -> (u64, u64) {
     let js = format!(
