@@ -248,7 +248,11 @@ async fn keepalives<A, F>(
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => break,
         }
-        if tokio::time::timeout(every, alive()).await.unwrap_or(false) {
+        // Answered within half the interval, so keep-alives stay an interval apart at most.
+        if tokio::time::timeout(every / 2, alive())
+            .await
+            .unwrap_or(false)
+        {
             send();
             if withheld {
                 tracing::info!("the signaling hub answers again: watchdog keep-alives resumed");

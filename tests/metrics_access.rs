@@ -79,8 +79,14 @@ async fn this_machine_reads_them_but_not_a_rebound_page_or_a_proxy() {
     assert!(!r.contains("campeer_signal"), "{r}");
 
     // A reverse proxy on this machine relays other machines' requests.
-    let (code, r) = http_get_with(&base, "/metrics", &["X-Forwarded-For: 203.0.113.9"]).await;
-    assert_eq!(code, 401, "{r}");
+    for relayed in [
+        "X-Forwarded-For: 203.0.113.9",
+        "X-Real-IP: 203.0.113.9",
+        "Via: 1.1 proxy",
+    ] {
+        let (code, r) = http_get_with(&base, "/metrics", &[relayed]).await;
+        assert_eq!(code, 401, "{relayed}: {r}");
+    }
 
     // /healthz stays open: it says only whether all is well.
     let (code, _) = http_get_with(&base, "/healthz", &["Host: evil.example"]).await;

@@ -30,10 +30,16 @@ pub const MAX_SEND_DELAY: Duration = Duration::from_millis(400);
 const DOWN_MARGIN: f64 = 1.0;
 /// ... for this long (one low sample of GCC's estimate is noise more often than not).
 const DOWN_HOLD: Duration = Duration::from_millis(500);
-/// After a step down, the next one waits this long: GCC's estimate stays low for a while after
-/// the loss that caused the first (behind 1 Mbit/s it took viewers on down to 320x180 where
-/// 640x360 plays).
-const DOWN_SETTLE: Duration = Duration::from_secs(3);
+/// After a step down, the next one waits this long unless the viewer reports real loss
+/// ([`SETTLE_LOSS`]): GCC's estimate recovers slowly after the loss that caused the first step
+/// (about 60 kbit/s a second), and acting on it took viewers behind 1 Mbit/s on down to 320x180
+/// where 640x360 plays without loss.
+const DOWN_SETTLE: Duration = Duration::from_secs(10);
+/// Loss that shows the rung really does not fit ...
+const SETTLE_LOSS: f64 = 0.05;
+/// ... counted from this long after the step down (before, the loss reported is the previous
+/// rung's: GCC smooths it over a couple of seconds, and the move waits for a keyframe).
+const LOSS_GRACE: Duration = Duration::from_secs(3);
 /// A higher rung is tried when the estimate has been above its need times this ...
 const UP_MARGIN: f64 = 1.25;
 /// ... for this long.
@@ -175,6 +181,8 @@ pub struct RungPolicy {
     short_since: Option<Instant>,
     /// When the last step down happened.
     last_down: Option<Instant>,
+    /// Loss the viewer's feedback reports now (0..1).
+    loss: f64,
     /// Since when the estimate has had room for the rung above.
     room_since: Option<Instant>,
     /// When the last step up happened.
@@ -192,11 +200,26 @@ impl RungPolicy {
             needs,
             short_since: None,
             last_down: None,
+            loss: 0.0,
             room_since: None,
             last_up: None,
             backoff: MIN_UP_BACKOFF,
             not_before: None,
         }
+    }
+
+    /// The viewer now watches rung `to` (its keyframe came): a step down's waits count from
+    /// here, not from the decision.
+    pub fn switched(&mut self, now: Instant, to: usize, from: usize) {
+        if to > from {
+            self.last_down = Some(now);
+        }
+    }
+
+    /// Loss (0..1) the viewer's feedback reports now: after a step down, a further one comes
+    /// at once only with real loss.
+    pub fn observe_loss(&mut self, loss: f64) {
+        self.loss = loss;
     }
 
     /// The rung to watch now, given the current one and the estimate (`None`: no feedback yet,
@@ -210,9 +233,10 @@ impl RungPolicy {
         if estimate >= self.needs[current] * DOWN_MARGIN || current == last {
             self.short_since = None;
         } else if now.duration_since(*self.short_since.get_or_insert(now)) >= DOWN_HOLD
-            && self
-                .last_down
-                .is_none_or(|t| now.duration_since(t) >= DOWN_SETTLE)
+            && self.last_down.is_none_or(|t| {
+                let since = now.duration_since(t);
+                since >= DOWN_SETTLE || (since >= LOSS_GRACE && self.loss >= SETTLE_LOSS)
+            })
         {
             // One rung down; still short there after it settled, one further. Right after a
             // loss GCC's estimate undershoots: jumping to the rung that estimate fits left
@@ -353,13 +377,29 @@ mod tests {
         let mut p = RungPolicy::new(vec![MAIN, 1_200_000.0, 400_000.0]);
         assert_eq!(fall(&mut p, t0, 0, 0, 600_000.0), 1, "one rung down");
         assert_eq!(p.decide(at(t0, 1_000), 1, Some(600_000.0)), 1);
+        p.observe_loss(0.12);
         assert_eq!(
             p.decide(at(t0, 2_000), 1, Some(600_000.0)),
             1,
-            "the estimate settles for 3 s after a step down"
+            "loss right after the step is the previous rung's"
         );
+        p.observe_loss(0.0);
         assert_eq!(
-            p.decide(at(t0, 3_500), 1, Some(600_000.0)),
+            p.decide(at(t0, 5_000), 1, Some(600_000.0)),
+            1,
+            "the estimate settles for 10 s after a step down"
+        );
+        p.observe_loss(0.12);
+        assert_eq!(
+            p.decide(at(t0, 5_500), 1, Some(600_000.0)),
+            2,
+            "short with real loss: one more at once"
+        );
+        let mut p = RungPolicy::new(vec![MAIN, 1_200_000.0, 400_000.0]);
+        assert_eq!(fall(&mut p, t0, 0, 0, 600_000.0), 1);
+        assert_eq!(p.decide(at(t0, 9_000), 1, Some(600_000.0)), 1);
+        assert_eq!(
+            p.decide(at(t0, 10_600), 1, Some(600_000.0)),
             2,
             "still short once settled: one more"
         );

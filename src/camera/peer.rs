@@ -1010,6 +1010,8 @@ async fn feed(
     let mut rung = 0usize;
     let mut _hold: Option<RenditionUse> = None;
     let mut pending: Option<Pending> = None;
+    let (mut sent_bytes, mut sent_bps, mut sent_since) =
+        (0usize, 0.0f64, std::time::Instant::now());
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -1023,6 +1025,11 @@ async fn feed(
                         tracing::debug!(viewer = %f.viewer, from = rung, to = p.to, "viewer changes rung");
                         sub = p.sub;
                         _hold = p.hold;
+                        if let Some(policy) = policy.as_mut() {
+                            policy.switched(std::time::Instant::now(), p.to, rung);
+                        }
+                        // What was sent is measured anew for the new rung.
+                        (sent_bytes, sent_bps, sent_since) = (0, 0.0, std::time::Instant::now());
                         rung = p.to;
                         f.stats.rung.store(rung as u64, Ordering::Relaxed);
                         f.stats.rung_changes.fetch_add(1, Ordering::Relaxed);
@@ -1034,6 +1041,14 @@ async fn feed(
             }
             _ = tick.tick(), if f.video.is_some() => {
                 let estimate = f.stats.estimate.get();
+                // What this viewer was really sent over the last 2 s or so: a passed-through
+                // source sends whatever it sends, whatever video.bitrate-kbps says.
+                let since = sent_since.elapsed().as_secs_f64();
+                if since >= 2.0 {
+                    sent_bps = sent_bytes as f64 * 8.0 / since;
+                    sent_bytes = 0;
+                    sent_since = std::time::Instant::now();
+                }
                 if let Some(pacer) = out.pacer.as_mut() {
                     // Paced to what the rung sends, not to the estimate: GCC's estimate swings
                     // (from a fifth of the link to five times it, measured behind a 1 Mbit/s
@@ -1041,14 +1056,21 @@ async fn feed(
                     // leave spread over 2.5 times their length.
                     let need = f.rungs.as_ref().and_then(|r| r.needs.get(rung).copied());
                     if let Some(n) = need.or(estimate) {
-                        pacer.follow(n);
+                        pacer.follow(n.max(sent_bps * 1.1));
                         f.stats
                             .pacing_shared
                             .store(pacer.rate() as u64, Ordering::Relaxed);
                     }
                 }
                 if let (Some(r), Some(policy)) = (&rungs, policy.as_mut()) {
-                    let target = policy.decide(std::time::Instant::now(), rung, estimate);
+                    // A move under way counts as made: the policy judges the rung the viewer
+                    // is moving to (else it would call the move off a tick later, before the
+                    // new rung's keyframe could come).
+                    let basis = pending.as_ref().map_or(rung, |p| p.to);
+                    policy.observe_loss(
+                        f.stats.estimate.loss_ppm.load(Ordering::Relaxed) as f64 / 1e6,
+                    );
+                    let target = policy.decide(std::time::Instant::now(), basis, estimate);
                     if target == rung {
                         pending = None;
                     } else if pending.as_ref().is_none_or(|p| p.to != target) {
@@ -1087,6 +1109,7 @@ async fn feed(
                     sub.restart();
                     continue;
                 }
+                sent_bytes += frame.data.len();
                 out.send(&f, &frame).await
             }
             Some(Delivery::Skipped) => {

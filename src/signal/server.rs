@@ -551,14 +551,19 @@ async fn healthz(State(state): State<AppState>) -> Response {
 async fn metrics(
     State(state): State<AppState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    uri: axum::http::Uri,
     headers: axum::http::HeaderMap,
 ) -> Response {
     let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    let forwarded =
-        headers.contains_key("x-forwarded-for") || headers.contains_key(header::FORWARDED);
+    // Whatever a proxy on this machine may add when it relays another machine's request.
+    let forwarded = ["x-forwarded-for", "x-real-ip", "forwarded", "via"]
+        .iter()
+        .any(|h| headers.contains_key(*h));
+    // HTTP/2 (over TLS) names the host in the request target, not in a Host header.
+    let authority = uri.authority().map(|a| a.as_str());
     if let Err(refusal) = metrics_access(
         peer.ip(),
-        text(header::HOST),
+        text(header::HOST).or(authority),
         text(header::AUTHORIZATION),
         forwarded,
         state.limits.metrics_token.as_deref(),
