@@ -20,7 +20,7 @@
 mod common;
 
 use common::playback::{CAMPEER_PAGE, FREEZE_MS, Watched, size, watch_long as watch};
-use common::shaped::{HOST_IP, ShapedNs};
+use common::shaped::{HOST_IP, ShapedNs, camera_on_link};
 use common::{Browser, Campeer, Page, TempDir, netns};
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -52,33 +52,6 @@ struct Session {
     _rx: Browser,
     page: Page,
     target: (&'static str, &'static str),
-}
-
-const METRICS_TOKEN: &str = "bench";
-
-fn camera() -> (Campeer, String) {
-    let mut c = Campeer::start(
-        &[
-            "run",
-            "--video",
-            "test",
-            "--audio",
-            "test",
-            "--listen",
-            &format!("{HOST_IP}:0"),
-        ],
-        &[
-            ("CAMPEER__VIDEO__WIDTH", "1280"),
-            ("CAMPEER__VIDEO__HEIGHT", "720"),
-            ("CAMPEER__VIDEO__FRAMERATE", "30"),
-            ("CAMPEER__VIDEO__BITRATE_KBPS", "2500"),
-            ("CAMPEER__CAMERA__RTC_BIND", &format!("[\"{HOST_IP}:0\"]")),
-            ("CAMPEER__SERVER__METRICS_TOKEN", METRICS_TOKEN),
-            ("CAMPEER__LOG__LEVEL", "warn"),
-        ],
-    );
-    let url = c.room_url();
-    (c, url)
 }
 
 /// The fake camera's clip: 10 s of the moving test pattern under a fifth of fresh noise.
@@ -142,7 +115,7 @@ const RECEIVER_JS: &str = r#"(async (offer) => {
 async fn start(sender: Sender, link: &ShapedNs, clip: &str) -> Session {
     match sender {
         Sender::Campeer => {
-            let (cam, url) = camera();
+            let (cam, url) = camera_on_link(&[("CAMPEER__LOG__LEVEL", "warn")]);
             let rx = Browser::launch_in(Some(&link.ns));
             let mut page = rx.open(&url).await;
             page.wait_frames(1, Duration::from_secs(30)).await;

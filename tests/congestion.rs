@@ -13,40 +13,12 @@
 
 mod common;
 use common::playback::{CAMPEER_PAGE, watch};
-use common::shaped::{HOST_IP, ShapedNs};
+use common::shaped::{METRICS_TOKEN, ShapedNs, camera_on_link};
 use common::*;
 use std::time::Duration;
 
 /// Seconds of each measurement.
 const WINDOW_S: u64 = 20;
-
-/// A camera listening on the host end of the shaped link, 1280x720@30 at 2,500 kbit/s.
-fn camera() -> (Campeer, String) {
-    let mut c = Campeer::start(
-        &[
-            "run",
-            "--video",
-            "test",
-            "--audio",
-            "test",
-            "--listen",
-            &format!("{HOST_IP}:0"),
-        ],
-        &[
-            ("CAMPEER__VIDEO__WIDTH", "1280"),
-            ("CAMPEER__VIDEO__HEIGHT", "720"),
-            ("CAMPEER__VIDEO__FRAMERATE", "30"),
-            ("CAMPEER__VIDEO__BITRATE_KBPS", "2500"),
-            ("CAMPEER__CAMERA__RTC_BIND", &format!("[\"{HOST_IP}:0\"]")),
-            // The test reads /metrics through the link's address, not loopback.
-            ("CAMPEER__SERVER__METRICS_TOKEN", METRICS_TOKEN),
-        ],
-    );
-    let url = c.room_url();
-    (c, url)
-}
-
-const METRICS_TOKEN: &str = "congestion-test";
 
 async fn metric(base: &str, name: &str) -> Vec<String> {
     let auth = format!("Authorization: Bearer {METRICS_TOKEN}");
@@ -75,7 +47,7 @@ async fn a_viewer_behind_1_mbit_watches_smoothly_beside_an_unlimited_one() {
         return;
     }
     let link = ShapedNs::new("cpcc1", Some(1000));
-    let (mut cam, url) = camera();
+    let (mut cam, url) = camera_on_link(&[]);
     let base = base_of(&url);
 
     let slow_browser = Browser::launch_in(Some(&link.ns));

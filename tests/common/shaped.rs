@@ -4,7 +4,38 @@
 //! a test. Needs root (CAP_NET_ADMIN) and the `sch_tbf` qdisc.
 #![allow(dead_code)]
 
+use super::Campeer;
 use super::netns::sh;
+
+/// The bearer token [`camera_on_link`] opens `/metrics` with: tests reach the camera through the
+/// link's address, not loopback.
+pub const METRICS_TOKEN: &str = "shaped-link";
+
+/// `campeer run` on the test pattern and tone, 1280x720@30 at 2,500 kbit/s, listening and binding
+/// WebRTC on the host end of the link (webrtc-rs offers no host candidate on a veth made after
+/// the fact with its default bind); `extra` overrides come last and win. Returns it with its
+/// room URL.
+pub fn camera_on_link(extra: &[(&str, &str)]) -> (Campeer, String) {
+    let bind = format!("[\"{HOST_IP}:0\"]");
+    let mut env = vec![
+        ("CAMPEER__VIDEO__WIDTH", "1280"),
+        ("CAMPEER__VIDEO__HEIGHT", "720"),
+        ("CAMPEER__VIDEO__FRAMERATE", "30"),
+        ("CAMPEER__VIDEO__BITRATE_KBPS", "2500"),
+        ("CAMPEER__CAMERA__RTC_BIND", bind.as_str()),
+        ("CAMPEER__SERVER__METRICS_TOKEN", METRICS_TOKEN),
+    ];
+    env.extend_from_slice(extra);
+    let listen = format!("{HOST_IP}:0");
+    let mut c = Campeer::start(
+        &[
+            "run", "--video", "test", "--audio", "test", "--listen", &listen,
+        ],
+        &env,
+    );
+    let url = c.room_url();
+    (c, url)
+}
 
 /// The host end of the link (RFC 2544 benchmarking range).
 pub const HOST_IP: &str = "198.18.0.1";
