@@ -19,12 +19,7 @@ fn get_from(ns: &str, addr: &str, headers: &[&str]) -> (u16, String) {
     s.write_all(req.as_bytes()).expect("send");
     let mut text = String::new();
     s.read_to_string(&mut text).expect("read");
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, text)
+    (status_of(&text), text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -836,7 +836,7 @@ struct RtpOut {
     seq: u16,
     ts_offset: u32,
     logged_error: bool,
-    /// Video only: packets leave at a multiple of the viewer's estimate.
+    /// Video only: packets leave at a multiple of what the viewer's rung sends.
     pacer: Option<VideoPacer>,
 }
 
@@ -1091,14 +1091,6 @@ async fn feed(
             _ = cancel.cancelled() => return,
         };
         match delivery {
-            None if rung != 0 => {
-                // The lower rendition is gone (pipeline rebuilt): back to the main one.
-                let Some(r) = &rungs else { return };
-                sub = Subscription::new(&r.main, Some(r.keyframes[0].clone()), None);
-                _hold = None;
-                rung = 0;
-                f.stats.rung.store(0, Ordering::Relaxed);
-            }
             None => return,
             Some(Delivery::Frame(frame)) => {
                 if f.video.is_some() && frame.at.elapsed() > MAX_SEND_DELAY {

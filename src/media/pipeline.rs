@@ -685,13 +685,7 @@ impl MediaPipeline {
         if kind != EncoderKind::Passthrough {
             for (i, spec) in settings.lower_rungs.iter().enumerate() {
                 let n = i + 1;
-                let sink = pipeline
-                    .by_name(&format!("rung{n}"))
-                    .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
-                    .ok_or(PipelineError::Build {
-                        what: "rendition",
-                        message: format!("appsink rung{n} missing"),
-                    })?;
+                let sink = appsink_as(&pipeline, &format!("rung{n}"), "rendition")?;
                 let valve =
                     pipeline
                         .by_name(&format!("rung{n}valve"))
@@ -943,11 +937,20 @@ fn appsink(
     pipeline: &gst::Pipeline,
     name: &'static str,
 ) -> Result<gst_app::AppSink, PipelineError> {
+    appsink_as(pipeline, name, name)
+}
+
+/// The appsink called `name`; a missing one is a build error of `what`.
+fn appsink_as(
+    pipeline: &gst::Pipeline,
+    name: &str,
+    what: &'static str,
+) -> Result<gst_app::AppSink, PipelineError> {
     pipeline
         .by_name(name)
         .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
         .ok_or(PipelineError::Build {
-            what: name,
+            what,
             message: format!("appsink {name} missing"),
         })
 }

@@ -578,12 +578,16 @@ pub async fn http_get_with(base: &str, path: &str, headers: &[&str]) -> (u16, St
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.expect("read response");
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text
+    (status_of(&text), text)
+}
+
+/// The status code of a whole HTTP response text (0 when there is none).
+pub fn status_of(response: &str) -> u16 {
+    response
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, text)
+        .unwrap_or(0)
 }
 
 /// Start `campeer run` on the test pattern + test tone at 1280x720@30 with its embedded server
