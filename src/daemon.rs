@@ -468,6 +468,9 @@ impl Observer for CameraObserver {
     }
 }
 
+/// How often a camera that is gone is looked for.
+const ABSENT_POLL: Duration = Duration::from_millis(200);
+
 /// How long a snapshot request waits for a picture (an idle camera starts first).
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -551,6 +554,8 @@ fn spawn_media_supervisor(
         // The last start failed (or the pipeline broke): wait a backoff before the next try.
         let mut failing = !playing && *demand.borrow();
         let mut failing_since = failing.then(tokio::time::Instant::now);
+        // The camera was found missing: said once, until it is back.
+        let mut waiting_for_device = false;
         let mut stall_check = tokio::time::interval(Duration::from_secs(1));
         stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -596,12 +601,36 @@ fn spawn_media_supervisor(
                 continue;
             }
             if failing {
-                let wait = camera::reconnect_backoff(attempt, failing_since.map(|t| t.elapsed()));
-                attempt = (attempt + 1).min(8);
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    r = demand.changed() => { if r.is_err() { break } continue }
-                    _ = shutdown.cancelled() => break,
+                // A camera that is gone is waited for with a cheap check every ABSENT_POLL, not
+                // with starts that must fail, and is started as soon as it is back.
+                let m = media.clone();
+                let absent = tokio::task::spawn_blocking(move || m.source_absent())
+                    .await
+                    .unwrap_or_default();
+                if let Some(why) = absent {
+                    if !waiting_for_device {
+                        tracing::warn!(source = %media.source, %why, "camera not there; waiting for it");
+                        waiting_for_device = true;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(ABSENT_POLL) => {}
+                        r = demand.changed() => { if r.is_err() { break } }
+                        _ = shutdown.cancelled() => break,
+                    }
+                    continue;
+                }
+                if waiting_for_device {
+                    tracing::info!(source = %media.source, "camera is back; starting it");
+                    waiting_for_device = false;
+                } else {
+                    let wait =
+                        camera::reconnect_backoff(attempt, failing_since.map(|t| t.elapsed()));
+                    attempt = (attempt + 1).min(8);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        r = demand.changed() => { if r.is_err() { break } continue }
+                        _ = shutdown.cancelled() => break,
+                    }
                 }
             }
             // What the previous run left on the bus.

@@ -96,6 +96,31 @@ fn fit_in_range(want: u32, min: u32, max: u32, step: u32) -> u32 {
     up.min(max)
 }
 
+/// Whether `path` is a video capture device right now; if not, why. A cheap check (an open and
+/// one ioctl) that tells a camera that is gone (unplugged, a loopback nobody writes to) from one
+/// whose start fails, so that campeer can wait for the first without trying to start it.
+pub fn capture_device_absent(path: &Path) -> Option<String> {
+    let dev = match v4l::Device::with_path(path) {
+        Ok(d) => d,
+        Err(e) => return Some(format!("{}: {e}", path.display())),
+    };
+    match dev.query_caps() {
+        Err(e) => Some(format!("{}: cannot query it: {e}", path.display())),
+        Ok(caps)
+            if !caps.capabilities.intersects(
+                v4l::capability::Flags::VIDEO_CAPTURE
+                    | v4l::capability::Flags::VIDEO_CAPTURE_MPLANE,
+            ) =>
+        {
+            Some(format!(
+                "{} is not a capture device now (unplugged, or a loopback nobody writes to)",
+                path.display()
+            ))
+        }
+        Ok(_) => None,
+    }
+}
+
 /// [`describe_camera`], with the size a camera is wanted at: a format whose sizes are a
 /// stepwise range (the Pi's legacy camera, vivid, the loopback) lists, besides the range's
 /// extremes, the size in the range nearest `want` (from above), so that a capture format can

@@ -271,8 +271,10 @@ async fn unplugged_camera_comes_back_to_the_same_viewer() {
     assert!(lost.contains(LOOPBACK), "the loss names the device: {lost}");
     let before = viewer.frames();
 
-    let back = Instant::now();
+    // The camera is back once the device is a capture device again (the writer's own start,
+    // a gst-launch in the VM, is not campeer's to answer for).
     let _writer = loopback_writer();
+    let back = Instant::now();
     while viewer.frames() < before + 3 {
         assert!(
             back.elapsed() < Duration::from_secs(30),
@@ -300,7 +302,8 @@ async fn unplugged_camera_comes_back_to_the_same_viewer() {
     );
     assert!(
         resumed < Duration::from_secs(3),
-        "video resumed {resumed:?} after the camera returned"
+        "video resumed {resumed:?} after the camera returned; campeer's log:\n{}",
+        cam.logs()
     );
     viewer.close().await;
 }

@@ -805,9 +805,21 @@ impl MediaPipeline {
         Ok(())
     }
 
+    /// Why the capture device is not there now (a V4L2 camera unplugged, or a loopback nobody
+    /// writes to), or `None` when it is, or when the source is not a V4L2 device.
+    pub fn source_absent(&self) -> Option<String> {
+        match &self.source {
+            VideoSource::V4l2(dev) => crate::devices::capture_device_absent(dev),
+            _ => None,
+        }
+    }
+
     /// Set the pipeline playing; waits (up to `timeout`) for the state change and reports a
     /// failed one (device missing or busy, caps refused).
     pub fn start(&self, timeout: Duration) -> Result<(), PipelineError> {
+        if let Some(why) = self.source_absent() {
+            return Err(PipelineError::Start(why));
+        }
         // A camera may come back with another format (and level): answers wait for its SPS.
         if let Ok(mut sps) = self.sps.lock() {
             *sps = None;
