@@ -4,10 +4,12 @@
 
 mod common;
 use common::*;
+use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
 
 fn serve(env: &[(&str, &str)]) -> (Campeer, String) {
     let mut all = vec![("CAMPEER__SERVER__OPEN_ROOMS", "[\"*\"]")];
@@ -157,17 +159,38 @@ async fn one_address_cannot_take_every_connection() {
     assert_eq!(held.len(), 8);
     // Another address still gets in and joins.
     let ws_url = format!("{}/ws", base.replace("http://", "ws://"));
-    let (_ws, created) = ws_join(&ws_url, "garden", "viewer", None).await;
+    let (ws, created) = ws_join(&ws_url, "garden", "viewer", None).await;
     assert_eq!(created["type"], "created", "{created}");
-    // Up to the total cap (20: eight, the viewer's and eleven more), then nobody gets in:
-    // twelve more from three other addresses, one of them refused.
+    // Up to the total cap (20: eight, the viewer's and eleven more), then a newcomer takes
+    // the place of the oldest silent connection of the address holding the most (127.0.0.2):
+    // twelve more from three other addresses all stay, one of the eight closes, and the viewer
+    // that joined is never the one to go.
     let mut more = vec![];
     for (src, n) in [("127.0.0.3", 6), ("127.0.0.4", 5), ("127.0.0.5", 1)] {
         for _ in 0..n {
             more.push(connect_from(src, to).await);
         }
     }
-    assert_eq!(count_closed(&mut more).await, 1, "one over the total cap");
+    assert_eq!(count_closed(&mut more).await, 0, "newcomers at the cap");
+    assert_eq!(
+        count_closed(&mut held).await,
+        1,
+        "the busiest address lost one"
+    );
+    let mut ws = ws;
+    ws.send(Message::Ping(b"still there?".to_vec().into()))
+        .await
+        .expect("the joined viewer's socket is open");
+    let pong = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if matches!(m, Message::Pong(_)) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(pong, Ok(true), "the joined viewer kept its connection");
     drop(held);
     drop(more);
     // Places are freed as connections close.
@@ -175,7 +198,8 @@ async fn one_address_cannot_take_every_connection() {
     let (code, m) = http_get(&base, "/metrics").await;
     assert_eq!(code, 200, "{m}");
     assert!(
-        m.contains("campeer_signal_refused_connections_total 2"),
+        m.contains("campeer_signal_refused_connections_total 1")
+            && m.contains("campeer_signal_evicted_connections_total 1"),
         "{m}"
     );
 }

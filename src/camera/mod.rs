@@ -16,9 +16,10 @@ pub mod peer;
 pub mod rtcp;
 pub mod turn_check;
 pub mod turn_tcp;
+mod warn_gate;
 
 use crate::media::pipeline::MediaPipeline;
-use crate::signal::protocol::{ClientMessage, IceServer, PeerId, Role, ServerMessage};
+use crate::signal::protocol::{ClientMessage, ErrorCode, IceServer, PeerId, Role, ServerMessage};
 use crate::signal::token::TokenKey;
 use futures_util::{SinkExt, StreamExt};
 use peer::{Peer, PeerEvent, PeerSetup, PeerStats};
@@ -30,7 +31,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use warn_gate::{WarnGate, warn_gated};
 use webrtc::peer_connection::{RTCIceServer, RTCPeerConnectionState};
+
+/// Warnings anyone can cause pass at most once per this interval (see [`warn_gate`]).
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Longest wait between reconnection attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -319,6 +324,10 @@ struct Camera {
     bridges: HashMap<String, turn_tcp::Bridge>,
     /// `turns:` URLs already reported as skipped.
     skipped: std::collections::HashSet<String>,
+    /// Warnings about viewers' calls refused or failed: anyone with a viewer token causes them.
+    refusals: WarnGate,
+    /// Warnings about the server's errors (a flood gets the camera rate-limited).
+    server_errors: WarnGate,
     shutdown: CancellationToken,
 }
 
@@ -347,6 +356,8 @@ pub async fn run(
         tasks: TaskTracker::new(),
         bridges: HashMap::new(),
         skipped: Default::default(),
+        refusals: WarnGate::new(WARN_EVERY),
+        server_errors: WarnGate::new(WARN_EVERY),
         shutdown: shutdown.clone(),
     };
     cam.state
@@ -794,7 +805,7 @@ impl Camera {
                         Err(e) => {
                             // Left as it is, the call would hang half-renegotiated: end it and
                             // say so, and the viewer may call again.
-                            tracing::warn!(viewer = %from, error = %e, "renegotiation failed; the viewer's call is ended");
+                            warn_gated!(self.refusals, viewer = %from, error = %e, "renegotiation failed; the viewer's call is ended");
                             self.drop_peer(&from, "renegotiation failed");
                             let message = format!("the camera could not renegotiate: {e}");
                             reject(ws, from, "answer-failed", message).await?
@@ -804,7 +815,7 @@ impl Camera {
                 }
                 if self.peers.len() >= self.settings.max_viewers {
                     self.state.viewers_refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(viewer = %from, max = self.settings.max_viewers, "viewer refused: camera at its viewer limit");
+                    warn_gated!(self.refusals, viewer = %from, max = self.settings.max_viewers, "viewer refused: camera at its viewer limit");
                     let message = format!(
                         "this camera serves at most {} viewers at once; try again later",
                         self.settings.max_viewers
@@ -832,10 +843,10 @@ impl Camera {
                 let Some(codec) = peer::choose_codec(&sdp, &h264, self.media.vp8.is_some()) else {
                     let codecs = offered_codecs(&sdp);
                     let message = if crate::media::h264::offered_h264(&sdp).is_empty() {
-                        tracing::warn!(viewer = %from, offered = %codecs, "viewer cannot decode H.264 and the VP8 fallback is off (video.fallback); refused");
+                        warn_gated!(self.refusals, viewer = %from, offered = %codecs, "viewer cannot decode H.264 and the VP8 fallback is off (video.fallback); refused");
                         "this browser cannot decode H.264 video; try Chrome, Safari, or Firefox with the OpenH264 plugin".to_owned()
                     } else {
-                        tracing::warn!(viewer = %from, offered = %codecs, stream = %h264, "viewer's offer has no H.264 of the stream's profile and there is no VP8 fallback; refused");
+                        warn_gated!(self.refusals, viewer = %from, offered = %codecs, stream = %h264, "viewer's offer has no H.264 of the stream's profile and there is no VP8 fallback; refused");
                         format!(
                             "this camera sends H.264 {h264}, which this browser does not offer to decode"
                         )
@@ -898,7 +909,7 @@ impl Camera {
                         .await?;
                     }
                     Err(e) => {
-                        tracing::warn!(viewer = %from, error = %e, "cannot answer viewer's offer");
+                        warn_gated!(self.refusals, viewer = %from, error = %e, "cannot answer viewer's offer");
                         let message = format!("the camera could not answer: {e}");
                         reject(ws, from, "answer-failed", message).await?;
                     }
@@ -931,8 +942,12 @@ impl Camera {
                     Some(viewer) => {
                         tracing::debug!(%code, %message, %viewer, "viewer reported an error")
                     }
+                    // An answer or refusal that crossed the viewer's exit: nothing to say.
+                    None if code == ErrorCode::UnknownPeer.as_str() => {
+                        tracing::debug!(%code, %message, "signaling: that viewer has left")
+                    }
                     None => {
-                        tracing::warn!(%code, %message, room = %self.settings.room, "signaling error")
+                        warn_gated!(self.server_errors, %code, %message, room = %self.settings.room, "signaling error")
                     }
                 }
             }

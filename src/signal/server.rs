@@ -6,12 +6,14 @@
 //! queue. The hub never waits on a socket: a viewer whose queue is full is disconnected (its
 //! socket really closed), so one slow client never stalls the others. A camera is never
 //! disconnected for what viewers send it: messages relayed to a camera whose queue is nearly full
-//! are dropped and their sender told so, leaving room for the server's own notices. Before any
-//! of that, [`admission`](super::admission) caps open connections in total and per address,
-//! HTTP request headers must arrive within `header_timeout`, and a WebSocket that has not joined
-//! a room within `join_timeout` is closed.
+//! are dropped and their sender told so, leaving room for the server's own notices, and what
+//! still does not fit is dropped rather than the camera. Before any of that,
+//! [`admission`](super::admission) caps open connections in total and per address (a full
+//! server makes room by closing the oldest connection that has not joined a room, from the
+//! address holding the most), HTTP request headers must arrive within `header_timeout`, and a
+//! WebSocket that has not joined a room within `join_timeout` is closed.
 
-use super::admission::{Admission, AdmissionAcceptor};
+use super::admission::{Admission, AdmissionAcceptor, Settle};
 use super::protocol::{ClientMessage, ErrorCode, PeerId, Role, ServerMessage, parse_client};
 use super::router::Router;
 use super::web;
@@ -238,6 +240,8 @@ struct Conn {
     camera: Arc<AtomicBool>,
     /// Since when it has been connected without being in a room.
     unjoined_since: Option<tokio::time::Instant>,
+    /// Settles its admission place when it joins (a full server then never evicts it).
+    settle: Option<Settle>,
 }
 
 enum HubEvent {
@@ -246,6 +250,7 @@ enum HubEvent {
         tx: Outgoing,
         kick: CancellationToken,
         camera: Arc<AtomicBool>,
+        settle: Option<Settle>,
     },
     Message {
         id: PeerId,
@@ -597,7 +602,8 @@ async fn metrics(
          # TYPE campeer_signal_join_timeouts_total counter\ncampeer_signal_join_timeouts_total {}\n\
          # TYPE campeer_signal_camera_busy_dropped_total counter\ncampeer_signal_camera_busy_dropped_total {}\n\
          # TYPE campeer_signal_open_connections gauge\ncampeer_signal_open_connections {}\n\
-         # TYPE campeer_signal_refused_connections_total counter\ncampeer_signal_refused_connections_total {}\n",
+         # TYPE campeer_signal_refused_connections_total counter\ncampeer_signal_refused_connections_total {}\n\
+         # TYPE campeer_signal_evicted_connections_total counter\ncampeer_signal_evicted_connections_total {}\n",
         c.connections_total.load(Ordering::Relaxed),
         c.messages_in.load(Ordering::Relaxed),
         c.errors_sent.load(Ordering::Relaxed),
@@ -606,6 +612,7 @@ async fn metrics(
         c.busy_dropped.load(Ordering::Relaxed),
         state.admission.open(),
         state.admission.refused(),
+        state.admission.evicted(),
     ));
     out.push_str(&state.observer.metrics());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
@@ -647,6 +654,7 @@ async fn hub_loop(
                 tx,
                 kick,
                 camera,
+                settle,
             } => {
                 let unjoined_since = Some(tokio::time::Instant::now());
                 conns.insert(
@@ -656,6 +664,7 @@ async fn hub_loop(
                         kick,
                         camera,
                         unjoined_since,
+                        settle,
                     },
                 );
                 continue;
@@ -669,6 +678,9 @@ async fn hub_loop(
                     match router.role_of(&id) {
                         Some(role) => {
                             c.unjoined_since = None;
+                            if let Some(settle) = c.settle.take() {
+                                settle.settle();
+                            }
                             c.camera.store(role == Role::Camera, Ordering::Relaxed);
                         }
                         None => {
@@ -703,7 +715,8 @@ async fn hub_loop(
 
 /// Deliver in order. A viewer whose queue is full is disconnected, which may produce more
 /// messages (its `exit`), delivered after the current batch. Relays to a camera whose queue is
-/// nearly full are dropped instead and their sender told: viewers cannot push a camera out.
+/// nearly full are dropped instead and their sender told, and whatever does not fit a camera's
+/// full queue is dropped: viewers cannot push a camera out.
 fn deliver(
     outbox: super::router::Outbox,
     conns: &mut HashMap<PeerId, Conn>,
@@ -731,6 +744,14 @@ fn deliver(
             counters.errors_sent.fetch_add(1, Ordering::Relaxed);
         }
         if c.tx.try_send(msg.to_json()).is_err() {
+            if c.camera.load(Ordering::Relaxed) {
+                // A camera is never pushed out of its room: what does not fit its queue now
+                // (notices and errors a flood of viewers caused) is dropped. A camera whose link
+                // is really dead stops answering pings and is closed by its idle timeout.
+                counters.busy_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(camera = %to, "camera's queue full: message dropped");
+                continue;
+            }
             tracing::warn!(peer = %to, "signaling peer too slow: outgoing queue full, disconnecting it");
             counters.slow_dropped.fetch_add(1, Ordering::Relaxed);
             c.kick.cancel();
@@ -765,6 +786,7 @@ fn close_unjoined(
 async fn ws_upgrade(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
+    settle: Option<axum::Extension<Settle>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     if state.shutdown.is_cancelled() {
@@ -796,7 +818,7 @@ async fn ws_upgrade(
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .on_upgrade(move |socket| {
-            let fut = connection(socket, state);
+            let fut = connection(socket, state, settle.map(|axum::Extension(s)| s));
             async move {
                 // Track the connection so shutdown waits for it to close.
                 let _ = tasks.spawn(fut).await;
@@ -843,7 +865,7 @@ impl RateLimit {
     }
 }
 
-async fn connection(socket: WebSocket, state: AppState) {
+async fn connection(socket: WebSocket, state: AppState, settle: Option<Settle>) {
     let id = new_peer_id();
     state
         .counters
@@ -864,6 +886,7 @@ async fn connection(socket: WebSocket, state: AppState) {
             tx: tx.clone(),
             kick: kick.clone(),
             camera: camera.clone(),
+            settle,
         })
         .await
         .is_err()
@@ -1003,6 +1026,75 @@ async fn connection(socket: WebSocket, state: AppState) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection whose queue holds `cap` messages, and the receiving end (kept, unread).
+    fn conn(cap: usize, camera: bool) -> (Conn, mpsc::Receiver<String>) {
+        let (tx, rx) = mpsc::channel(cap);
+        let c = Conn {
+            tx: Outgoing {
+                tx,
+                queued: Default::default(),
+            },
+            kick: CancellationToken::new(),
+            camera: Arc::new(AtomicBool::new(camera)),
+            unjoined_since: None,
+            settle: None,
+        };
+        (c, rx)
+    }
+
+    #[test]
+    fn a_camera_with_a_full_queue_loses_messages_not_its_place() {
+        use super::super::router::{Access, Limits};
+        let mut router = Router::new(
+            Access {
+                key: super::super::token::TokenKey::new(b"test".to_vec()),
+                open_rooms: ["*".to_string()].into(),
+            },
+            Limits {
+                max_peers_per_room: 8,
+                max_rooms: 2,
+            },
+            Default::default(),
+        );
+        let join = |role| ClientMessage::Join {
+            room: "r".into(),
+            role,
+            token: None,
+            name: None,
+            instance: None,
+        };
+        let now = SystemTime::now();
+        router.handle(&"cam".to_string(), join(Role::Camera), now);
+        router.handle(&"v1".to_string(), join(Role::Viewer), now);
+        let mut conns = HashMap::new();
+        let (cam, _cam_rx) = conn(1, true);
+        let (v1, _v1_rx) = conn(1, false);
+        let (cam_kick, v1_kick) = (cam.kick.clone(), v1.kick.clone());
+        conns.insert("cam".to_string(), cam);
+        conns.insert("v1".to_string(), v1);
+        let counters = Counters::default();
+        // More notices for each than their one place holds.
+        let notice = |n: u32| ServerMessage::Exit {
+            from: format!("gone{n}"),
+            room: "r".into(),
+        };
+        let outbox = (0..3)
+            .flat_map(|n| {
+                [
+                    ("cam".to_string(), notice(n)),
+                    ("v1".to_string(), notice(n)),
+                ]
+            })
+            .collect();
+        deliver(outbox, &mut conns, &mut router, &counters);
+        assert!(conns.contains_key("cam") && !cam_kick.is_cancelled());
+        // Two of the three notices, and then the exit of the viewer dropped below.
+        assert_eq!(counters.busy_dropped.load(Ordering::Relaxed), 3);
+        // A viewer that falls behind is disconnected, as ever.
+        assert!(!conns.contains_key("v1") && v1_kick.is_cancelled());
+        assert_eq!(router.role_of(&"cam".to_string()), Some(Role::Camera));
+    }
 
     #[test]
     fn metrics_go_to_this_machine_or_the_token_holder() {
