@@ -105,11 +105,19 @@ impl Campeer {
 
     /// [`Campeer::start`] inside network namespace `ns` (`ip netns exec`).
     pub fn start_in(ns: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> Campeer {
+        match ns {
+            Some(ns) => Self::start_under(&["ip", "netns", "exec", ns], args, env),
+            None => Self::start_under(&[], args, env),
+        }
+    }
+
+    /// [`Campeer::start`] run by the command `prefix` (`ip netns exec ns`, `prlimit …`).
+    pub fn start_under(prefix: &[&str], args: &[&str], env: &[(&str, &str)]) -> Campeer {
         let dir = TempDir::new("campeer");
-        let mut cmd = match ns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, bin()]);
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin());
                 c
             }
             None => Command::new(bin()),
