@@ -639,11 +639,15 @@ impl MediaPipeline {
                 })?;
             let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let open = armed.clone();
-            gate.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            gate.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
                 if open.swap(false, Ordering::Relaxed) {
                     gst::PadProbeReturn::Ok
                 } else {
-                    gst::PadProbeReturn::Drop
+                    // Consumed here. With `Drop`, GStreamer 1.22 unrefs the buffer that
+                    // gstreamer-rs has already taken out of the probe info: a NULL, and a
+                    // CRITICAL on stderr for every frame.
+                    drop(info.take_buffer());
+                    gst::PadProbeReturn::Handled
                 }
             });
             let stats = Arc::new(MediaStats::default());
