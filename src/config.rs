@@ -329,6 +329,10 @@ pub struct TurnRestConfig {
     /// How long handed-out credentials stay valid.
     #[serde(default = "default_turn_ttl", deserialize_with = "de_duration")]
     pub ttl: Duration,
+    /// Also hand credentials to peers in open rooms, who joined without a token (anyone who
+    /// can reach the server could then relay through the TURN server).
+    #[serde(default)]
+    pub for_open_rooms: bool,
 }
 
 fn default_turn_ttl() -> Duration {

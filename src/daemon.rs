@@ -132,6 +132,13 @@ fn announce_open_rooms(config: &Config) {
     } else {
         tracing::warn!(rooms = ?config.server.open_rooms, "these rooms are open to anyone without a token");
     }
+    if !config.server.open_rooms.is_empty()
+        && IceProvider::from_config(&config.ice).withholds_from_open_rooms()
+    {
+        tracing::info!(
+            "peers of open rooms get no TURN credentials ([ice.turn-rest] for-open-rooms = false)"
+        );
+    }
 }
 
 async fn bind(addr: &str) -> Result<tokio::net::TcpListener, DaemonError> {
@@ -865,7 +872,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         name,
         auth,
         max_viewers: config.camera.max_viewers,
-        ice_servers: IceProvider::from_config(&config.ice).for_peer("camera", SystemTime::now()),
+        ice: IceProvider::from_config(&config.ice),
         relay_only: config.ice.transport_policy == TransportPolicy::Relay,
         relay_when_turn: config.ice.transport_policy == TransportPolicy::Auto && !embedded,
         udp_addrs: config.camera.rtc_bind.clone(),

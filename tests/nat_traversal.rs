@@ -54,6 +54,7 @@ transport-policy = "{policy}"
 urls = ["turn:203.0.113.1:3478?transport=udp", "turn:203.0.113.1:3478?transport=tcp"]
 secret = "{}"
 ttl = "1h"
+for-open-rooms = true
 "#,
             opts.server_secret.unwrap_or(SECRET)
         ),

@@ -34,6 +34,25 @@ use tokio_util::task::TaskTracker;
 use warn_gate::{WarnGate, warn_gated};
 use webrtc::peer_connection::{RTCIceServer, RTCPeerConnectionState};
 
+/// A camera asks its server for fresh TURN credentials this long before those it has expire.
+const ICE_REFRESH_BEFORE: Duration = Duration::from_secs(600);
+
+/// The earliest expiry (Unix seconds) of the TURN REST credentials among `servers`: their
+/// user names are `<expiry>:<peer>`.
+fn earliest_turn_expiry(servers: &[IceServer]) -> Option<u64> {
+    servers
+        .iter()
+        .filter_map(|s| {
+            s.username
+                .as_deref()?
+                .split_once(':')?
+                .0
+                .parse::<u64>()
+                .ok()
+        })
+        .min()
+}
+
 /// Warnings anyone can cause pass at most once per this interval (see [`warn_gate`]).
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -76,8 +95,9 @@ pub struct CameraSettings {
     pub auth: CameraAuth,
     /// Most viewers at once.
     pub max_viewers: usize,
-    /// ICE servers from config (the server's `created` adds more).
-    pub ice_servers: Vec<IceServer>,
+    /// ICE servers from config, TURN REST credentials minted afresh for each viewer's call so
+    /// that they never expire during a long uptime (the server's `created` adds more).
+    pub ice: crate::signal::ice::IceProvider,
     /// ICE relay-only policy.
     pub relay_only: bool,
     /// Relay-only whenever a TURN server is known (`transport-policy = "auto"` on a camera
@@ -324,6 +344,8 @@ struct Camera {
     bridges: HashMap<String, turn_tcp::Bridge>,
     /// `turns:` URLs already reported as skipped.
     skipped: std::collections::HashSet<String>,
+    /// When fresh ICE servers were last asked for (TURN credentials near their expiry).
+    ice_asked: Option<tokio::time::Instant>,
     /// Warnings about viewers' calls refused or failed: anyone with a viewer token causes them.
     refusals: WarnGate,
     /// Warnings about the server's errors (a flood gets the camera rate-limited).
@@ -356,6 +378,7 @@ pub async fn run(
         tasks: TaskTracker::new(),
         bridges: HashMap::new(),
         skipped: Default::default(),
+        ice_asked: None,
         refusals: WarnGate::new(WARN_EVERY),
         server_errors: WarnGate::new(WARN_EVERY),
         shutdown: shutdown.clone(),
@@ -451,6 +474,11 @@ pub async fn run(
                         Ok(Err(_)) => break "ping failed".into(),
                         Err(_) => break "ping could not be sent for 5 s".into(),
                     }
+                    if cam.wants_fresh_ice(SystemTime::now()) {
+                        if let Err(e) = send(&mut ws, &ClientMessage::Ice {}).await {
+                            break format!("send failed: {e}");
+                        }
+                    }
                 }
                 _ = shutdown.cancelled() => {
                     let _ = send(&mut ws, &ClientMessage::Exit {}).await;
@@ -535,7 +563,7 @@ async fn send(
 impl Camera {
     /// The camera's ICE servers (config first, then the server's `created`), each once.
     fn ice_servers(&self) -> Vec<IceServer> {
-        let mut ice = self.settings.ice_servers.clone();
+        let mut ice = self.settings.ice.for_peer("camera", SystemTime::now());
         // The embedded server hands back the same static entries: keep each once.
         for s in &self.server_ice {
             if !ice
@@ -546,6 +574,29 @@ impl Camera {
             }
         }
         ice
+    }
+
+    /// Whether to ask the server for fresh ICE servers: the TURN credentials it gave expire
+    /// within [`ICE_REFRESH_BEFORE`] (or have), and none were asked for in the last minute.
+    fn wants_fresh_ice(&mut self, now: SystemTime) -> bool {
+        let Some(expiry) = earliest_turn_expiry(&self.server_ice) else {
+            return false;
+        };
+        let now_s = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if expiry > now_s + ICE_REFRESH_BEFORE.as_secs() {
+            return false;
+        }
+        let t = tokio::time::Instant::now();
+        if self
+            .ice_asked
+            .is_some_and(|asked| t.duration_since(asked) < Duration::from_secs(60))
+        {
+            return false;
+        }
+        self.ice_asked = Some(t);
+        true
     }
 
     /// The UDP address webrtc-rs should use for the TURN server behind `url`: the server itself
@@ -764,6 +815,13 @@ impl Camera {
                 let viewers = self.arriving.len();
                 tracing::info!(camera = %id, room = %room, viewers_waiting = viewers, "joined room as camera");
                 self.check_turn_servers().await;
+            }
+            ServerMessage::Ice { ice_servers } => {
+                tracing::info!(
+                    valid_until = ?earliest_turn_expiry(&ice_servers),
+                    "fresh TURN credentials from the server"
+                );
+                self.server_ice = ice_servers;
             }
             ServerMessage::Joined { id, role, name, .. } => {
                 tracing::debug!(peer = %id, %role, name = %name, "peer joined the room");

@@ -15,6 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub struct IceProvider {
     static_servers: Vec<IceServer>,
     rest: Option<(Vec<String>, Vec<u8>, Duration)>,
+    /// TURN REST credentials also for peers that joined an open room without a token.
+    rest_for_open_rooms: bool,
     relay_only: bool,
 }
 
@@ -54,6 +56,7 @@ impl IceProvider {
                 .turn_rest
                 .as_ref()
                 .map(|t| (t.urls.clone(), t.secret.clone().into_bytes(), t.ttl)),
+            rest_for_open_rooms: c.turn_rest.as_ref().is_some_and(|t| t.for_open_rooms),
             relay_only: c.transport_policy == crate::config::TransportPolicy::Relay,
         }
     }
@@ -66,6 +69,22 @@ impl IceProvider {
     /// The list for `peer` at `now`.
     pub fn for_peer(&self, peer: &str, now: SystemTime) -> Vec<IceServer> {
         self.for_peer_until(peer, now, None)
+    }
+
+    /// The list for a peer that joined an open room without a token: no TURN REST credentials
+    /// unless the operator hands them out there too (`[ice.turn-rest] for-open-rooms`), so the
+    /// TURN server is no open relay for whoever reaches the signaling server.
+    pub fn for_tokenless_peer(&self, peer: &str, now: SystemTime) -> Vec<IceServer> {
+        if self.rest_for_open_rooms {
+            self.for_peer(peer, now)
+        } else {
+            self.static_servers.clone()
+        }
+    }
+
+    /// Whether TURN REST credentials are configured but kept from tokenless peers.
+    pub fn withholds_from_open_rooms(&self) -> bool {
+        self.rest.is_some() && !self.rest_for_open_rooms
     }
 
     /// The list for `peer` at `now`, its TURN credentials expiring no later than `not_after`
@@ -116,6 +135,7 @@ mod tests {
                 b"secret".to_vec(),
                 Duration::from_secs(86_400),
             )),
+            rest_for_open_rooms: false,
             relay_only: false,
         };
         let now = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
@@ -151,6 +171,7 @@ mod tests {
                 urls: vec!["turn:t:3478".into()],
                 secret: "k".into(),
                 ttl: Duration::from_secs(60),
+                for_open_rooms: false,
             }),
             transport_policy: Default::default(),
         });

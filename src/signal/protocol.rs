@@ -149,6 +149,9 @@ pub enum ClientMessage {
     },
     /// Leave the room (the socket stays open and may `join` again).
     Exit {},
+    /// Ask for fresh ICE servers (a long-joined camera whose TURN credentials near their
+    /// expiry). Answered by `ice`, with the same rules as `created`; an `error` before `join`.
+    Ice {},
 }
 
 /// Messages the server sends to a client.
@@ -215,6 +218,12 @@ pub enum ServerMessage {
         from: PeerId,
         /// The room it left.
         room: String,
+    },
+    /// Fresh ICE servers for the peer that sent `ice`.
+    Ice {
+        /// As in `created`.
+        #[serde(rename = "iceServers")]
+        ice_servers: Vec<IceServer>,
     },
     /// Something went wrong. `from` is set when another peer refused a call (`reject`), absent
     /// when the server itself reports the error.
@@ -300,7 +309,15 @@ impl ErrorCode {
 }
 
 /// The message types a client may send, for telling `unknown-type` from `bad-message`.
-const CLIENT_TYPES: &[&str] = &["join", "offer", "answer", "candidate", "reject", "exit"];
+const CLIENT_TYPES: &[&str] = &[
+    "join",
+    "offer",
+    "answer",
+    "candidate",
+    "reject",
+    "exit",
+    "ice",
+];
 
 /// Parse one text frame from a client into a message, or the `error` to send back.
 pub fn parse_client(text: &str) -> Result<ClientMessage, ServerMessage> {

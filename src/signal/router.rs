@@ -57,6 +57,8 @@ struct Member {
     role: Role,
     name: String,
     instance: Option<String>,
+    /// When the token it joined with expires; `None` for an open room's tokenless peer.
+    access_until: Option<SystemTime>,
 }
 
 /// Longest `instance` kept; longer or non-printable ones are ignored.
@@ -146,6 +148,15 @@ impl Router {
                 });
                 self.join(from, room, role, token, name, instance, now)
             }
+            ClientMessage::Ice {} => match self.members.get(from) {
+                Some(m) => vec![(
+                    from.clone(),
+                    ServerMessage::Ice {
+                        ice_servers: self.ice_for(from, m.access_until, now),
+                    },
+                )],
+                None => err(from, ErrorCode::NotJoined, "ice before join"),
+            },
             ClientMessage::Exit {} => {
                 if self.members.contains_key(from) {
                     self.leave(from)
@@ -337,7 +348,7 @@ impl Router {
                 id: from.clone(),
                 room: room.clone(),
                 peers,
-                ice_servers: self.ice.for_peer_until(from, now, access_until),
+                ice_servers: self.ice_for(from, access_until, now),
                 ice_transport_policy: self.ice.transport_policy(),
                 protocol: PROTOCOL_VERSION,
             },
@@ -356,9 +367,24 @@ impl Router {
                 role,
                 name,
                 instance,
+                access_until,
             },
         );
         out
+    }
+
+    /// The ICE servers for `peer`: TURN credentials bounded by its token, or none for a
+    /// tokenless peer unless the operator allows them.
+    fn ice_for(
+        &self,
+        peer: &PeerId,
+        access_until: Option<SystemTime>,
+        now: SystemTime,
+    ) -> Vec<super::protocol::IceServer> {
+        match access_until {
+            Some(until) => self.ice.for_peer_until(peer, now, Some(until)),
+            None => self.ice.for_tokenless_peer(peer, now),
+        }
     }
 
     fn leave(&mut self, peer: &PeerId) -> Outbox {
@@ -928,6 +954,58 @@ mod tests {
             !out.iter()
                 .any(|(_, m)| matches!(m, ServerMessage::Exit { .. })),
             "{out:?}"
+        );
+    }
+
+    #[test]
+    fn turn_credentials_go_to_token_holders_and_open_rooms_only_if_allowed() {
+        let router_with = |for_open_rooms| {
+            let cfg = crate::config::IceConfig {
+                turn_rest: Some(crate::config::TurnRestConfig {
+                    urls: vec!["turn:t:3478".into()],
+                    secret: "k".into(),
+                    ttl: Duration::from_secs(3600),
+                    for_open_rooms,
+                }),
+                ..Default::default()
+            };
+            Router::new(
+                Access {
+                    key: key(),
+                    open_rooms: ["lab".to_string()].into(),
+                },
+                Limits {
+                    max_peers_per_room: 4,
+                    max_rooms: 4,
+                },
+                IceProvider::from_config(&cfg),
+            )
+        };
+        let turn_users = |out: &Outbox| -> Vec<Option<String>> {
+            match &out[0].1 {
+                ServerMessage::Created { ice_servers, .. } => {
+                    ice_servers.iter().map(|s| s.username.clone()).collect()
+                }
+                other => panic!("expected created, got {other:?}"),
+            }
+        };
+        let mut r = router_with(false);
+        // Anyone may join the open room: no relay for them.
+        assert!(turn_users(&join(&mut r, "v", "lab", Role::Viewer, None)).is_empty());
+        // A token holder gets credentials, expiring with the token (10 min here, not 1 h).
+        let token = key().sign("secret", Role::Viewer, Duration::from_secs(600), now());
+        let users = turn_users(&join(&mut r, "w", "secret", Role::Viewer, Some(token)));
+        let expiry = now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after the epoch")
+            .as_secs()
+            + 600;
+        assert_eq!(users, vec![Some(format!("{expiry}:w"))]);
+        // The operator may hand them out in open rooms too.
+        let mut r = router_with(true);
+        assert_eq!(
+            turn_users(&join(&mut r, "v", "lab", Role::Viewer, None)).len(),
+            1
         );
     }
 
