@@ -990,7 +990,12 @@ fn print_ready(
         println!("campeer is streaming to room {room:?} on {signal_url}");
         return;
     };
+    // Under systemd, stdout is the journal: a token printed there at every start stays readable
+    // for as long as the journal keeps it (and the token for 30 days). The address goes there
+    // without one.
+    let to_journal = std::env::var_os("JOURNAL_STREAM").is_some();
     let query = match (open, key) {
+        (false, Some(_)) if to_journal => String::new(),
         (false, Some(k)) => format!(
             "?token={}",
             k.sign(
@@ -1016,7 +1021,11 @@ fn print_ready(
             bound.port()
         );
     }
-    if !open {
+    if !open && to_journal {
+        println!(
+            "(viewers need a token: `campeer token --room {room}` prints one; add it to the address as ?token=…)"
+        );
+    } else if !open {
         println!(
             "(the token in the address admits viewers to room {room:?} for 30 days; `campeer token` makes more)"
         );

@@ -109,6 +109,14 @@ async fn a_reloaded_page_gets_video_again() {
     let browser = Browser::launch();
     let mut page = browser.open(&url).await;
     let first = page.wait_frames(30, Duration::from_secs(30)).await;
+    // The token is out of the address bar (history, bookmarks, screenshots); the reload below
+    // finds it in the tab's own storage.
+    let search = page.eval("location.search").await;
+    assert_eq!(
+        search.as_str(),
+        Some(""),
+        "the address still holds the token"
+    );
     page.reload().await;
     // The new page has a new peer (a new id) that decodes again.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

@@ -147,3 +147,30 @@ fn sigterm_before_ready_still_says_stopping() {
     assert_eq!(status.code(), Some(0), "{}", cam.logs());
     assert!(!got.iter().any(|m| m.contains("READY=1")), "{got:?}");
 }
+
+#[test]
+fn under_systemd_no_token_is_written_to_the_journal() {
+    // stdout is the journal when systemd sets JOURNAL_STREAM: the room's address goes there
+    // without a token, which would stay readable there for as long as the journal keeps it.
+    let mut cam = Campeer::start(
+        &[
+            "run",
+            "--video",
+            "test",
+            "--audio",
+            "test",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[("JOURNAL_STREAM", "8:12345")],
+    );
+    let line = cam.wait_stdout("/room/camera", Duration::from_secs(30));
+    let how = cam.wait_stdout("campeer token --room camera", Duration::from_secs(5));
+    let out = cam.logs();
+    assert!(
+        !out.contains("token=v1."),
+        "a token went to the journal:\n{out}"
+    );
+    assert!(line.trim().ends_with("/room/camera"), "{line}");
+    eprintln!("under systemd: {} / {}", line.trim(), how.trim());
+}

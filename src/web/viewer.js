@@ -6,7 +6,19 @@
 (() => {
   const params = new URLSearchParams(location.search);
   const room = decodeURIComponent(location.pathname.replace(/\/+$/, '').split('/').pop() || '');
-  const token = params.get('token') || undefined;
+  // The token leaves the address bar once read (so it is not in the history, a bookmark or a
+  // screenshot of the page); this tab keeps it in sessionStorage for a reload.
+  const tokenKey = 'campeer-token:' + room;
+  let token = params.get('token') || undefined;
+  try {
+    if (token) sessionStorage.setItem(tokenKey, token);
+    else token = sessionStorage.getItem(tokenKey) || undefined;
+  } catch (_) { /* storage refused: the token lives only as long as this page */ }
+  if (params.has('token')) {
+    params.delete('token');
+    const rest = params.toString();
+    history.replaceState(null, '', location.pathname + (rest ? '?' + rest : '') + location.hash);
+  }
   const relayOnly = params.get('relay') === '1';
   const viewerName = params.get('name') || 'browser';
 

@@ -132,6 +132,8 @@ impl Campeer {
             .env("CAMPEER__CAMERA__MDNS", "false")
             .env("CAMPEER__LOG__LEVEL", "campeer=debug,info")
             .env_remove("CAMPEER_CONFIG")
+            // A test run from a systemd unit must not look like the daemon under one.
+            .env_remove("JOURNAL_STREAM")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
