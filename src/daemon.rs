@@ -141,6 +141,24 @@ fn announce_open_rooms(config: &Config) {
     }
 }
 
+/// Say so when tokens cross the network in clear: plain http on an address other machines
+/// reach. A warning for `serve` (a public host); for `run`, whose page is meant for the LAN,
+/// information.
+fn warn_if_clear(listener: &tokio::net::TcpListener, tls: bool, public: bool) {
+    let Ok(addr) = listener.local_addr() else {
+        return;
+    };
+    if tls || addr.ip().is_loopback() {
+        return;
+    }
+    let why = "plain http: tokens and signaling cross the network in clear; set server.tls-cert and server.tls-key for https/wss";
+    if public {
+        tracing::warn!(%addr, "{why}");
+    } else {
+        tracing::info!(%addr, "{why}");
+    }
+}
+
 async fn bind(addr: &str) -> Result<tokio::net::TcpListener, DaemonError> {
     tokio::net::TcpListener::bind(addr)
         .await
@@ -184,6 +202,7 @@ pub async fn serve(config: Config, reload: Reload) -> Result<(), DaemonError> {
     let tls = tls_for(&config).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let listener = bind(&config.server.listen).await?;
+    warn_if_clear(&listener, tls.is_some(), true);
     let server = SignalServer::start(
         listener,
         tls.clone(),
@@ -782,6 +801,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         announce_open_rooms(&config);
         let tls = tls_for(&config).await?;
         let listener = bind(&config.server.listen).await?;
+        warn_if_clear(&listener, tls.is_some(), false);
         let observer = Arc::new(CameraObserver {
             media: media.clone(),
             camera: camera_state.clone(),

@@ -129,3 +129,18 @@ async fn camera_joins_a_remote_server_over_wss() {
     let tile = page.wait_frames(30, Duration::from_secs(30)).await;
     assert_eq!(tile.frame_width, 640, "{tile:?}");
 }
+
+#[test]
+fn plain_http_on_a_public_address_is_warned_about() {
+    // On every address (other machines reach it), without TLS: tokens would cross in clear.
+    let (mut public, _) = serve_with("0.0.0.0:0", &[]);
+    let line = public.wait_log(
+        "tokens and signaling cross the network in clear",
+        Duration::from_secs(10),
+    );
+    assert!(line.contains("WARN"), "{line}");
+    // On loopback only, nothing to say.
+    let (local, _) = serve_with("127.0.0.1:0", &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!local.logs().contains("in clear"), "{}", local.logs());
+}
