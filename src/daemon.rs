@@ -442,7 +442,7 @@ impl Observer for CameraObserver {
                 "# TYPE campeer_vp8_frames_encoded_total counter\ncampeer_vp8_frames_encoded_total {}\n\
                  # TYPE campeer_vp8_encoder_running gauge\ncampeer_vp8_encoder_running {}\n",
                 vp8.stats.frames.load(Ordering::Relaxed),
-                u8::from(vp8.viewer_count() > 0),
+                u8::from(vp8.users() > 0),
             ));
         }
         // Encoders running now: the main one while capture runs, each lower rendition and VP8
@@ -454,11 +454,7 @@ impl Observer for CameraObserver {
             .iter()
             .filter(|r| r.users() > 0)
             .count();
-        let vp8_running = self
-            .media
-            .vp8
-            .as_ref()
-            .is_some_and(|v| v.viewer_count() > 0);
+        let vp8_running = self.media.vp8.as_ref().is_some_and(|v| v.users() > 0);
         out.push_str(&format!(
             "# TYPE campeer_video_encoders_running gauge\ncampeer_video_encoders_running {}\n",
             usize::from(capturing) + lower_running + usize::from(vp8_running)

@@ -778,13 +778,10 @@ impl Camera {
         self.peer_session.remove(id);
         self.connected.remove(id);
         self.calls.remove(id);
-        if let Some(p) = self.peers.remove(id) {
+        if let Some(mut p) = self.peers.remove(id) {
             tracing::info!(viewer = %id, reason = why, viewers = self.peers.len(), "viewer gone");
-            if p.codec == peer::VideoCodec::Vp8 {
-                if let Some(vp8) = &self.media.vp8 {
-                    vp8.viewer_left();
-                }
-            }
+            // Its second encode stops now (if it was the last watching), not after the close.
+            drop(p.rendition.take());
             self.forget(id);
             self.tasks.spawn(p.close());
         }
@@ -942,11 +939,9 @@ impl Camera {
                     },
                 };
                 match peer::answer(setup, sdp.clone()).await {
-                    Ok((p, answer)) => {
+                    Ok((mut p, answer)) => {
                         if codec == peer::VideoCodec::Vp8 {
-                            if let Some(vp8) = &self.media.vp8 {
-                                vp8.viewer_joined();
-                            }
+                            p.rendition = self.media.vp8.as_ref().map(|r| r.acquire());
                         }
                         let _ = p.stats.codec.set(codec);
                         if let Ok(mut v) = self.state.viewers.lock() {

@@ -329,6 +329,8 @@ pub struct Peer {
     pub cancel: CancellationToken,
     /// Its video codec.
     pub codec: VideoCodec,
+    /// The second encode it watches (VP8), run while held.
+    pub rendition: Option<crate::media::rendition::RenditionUse>,
     /// The H.264 `profile-level-id` its answers state.
     h264_id: Option<String>,
     /// Remote candidates taken so far.
@@ -664,6 +666,7 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
             stats,
             cancel,
             codec: setup.codec,
+            rendition: None,
             h264_id,
             remote_candidates: Default::default(),
             tasks,

@@ -8,7 +8,7 @@
 
 use super::encoder::{self, EncodeSettings, EncoderKind, GstRegistry};
 use super::h264::{self, SpsProfile};
-use super::rendition::{Rendition, RungSpec};
+use super::rendition::{Rendition, RenditionKind, RungSpec};
 use super::source::{self, AudioSource, VideoSource};
 use bytes::Bytes;
 use gstreamer as gst;
@@ -212,8 +212,8 @@ pub struct MediaPipeline {
     /// `video.bitrate-kbps` as last set by [`MediaPipeline::set_bitrate`]: what the encoder
     /// targets, and what a camera passing its own H.264 through is asked for at the next start.
     camera_kbps: std::sync::atomic::AtomicU32,
-    /// The VP8 branch, when the fallback is on.
-    pub vp8: Option<Vp8Branch>,
+    /// The VP8 rendition, when the fallback is on.
+    pub vp8: Option<Arc<Rendition>>,
     /// Lower H.264 renditions, highest first (empty when the source's H.264 is passed through).
     pub renditions: Vec<Arc<Rendition>>,
     /// The JPEG branch for snapshots (none when the source's H.264 is passed through: there is
@@ -251,8 +251,8 @@ pub const VIDEO_EOS: &str = "campeer-video-eos";
 /// The whole gst-launch description for these settings.
 ///
 /// With the VP8 fallback, the raw video is split (`tee`) before the encoders: the H.264 branch
-/// as always, and a VP8 branch behind a closed `valve` that [`Vp8Branch::viewer_joined`]
-/// opens for the first viewer that cannot decode H.264 (a closed valve drops frames before
+/// as always, and a VP8 branch behind a closed `valve` that the first
+/// [`Rendition::acquire`] opens for the first viewer that cannot decode H.264 (a closed valve drops frames before
 /// the encoder, so the branch costs nothing while no such viewer watches). Each branch has its
 /// own leaky queue: a slow VP8 encode never holds the H.264 one back. The closed valve drops
 /// events too, caps included, so vp8enc sets up its encoder (~25 MB at 720p) only when the
@@ -369,51 +369,6 @@ impl SnapshotBranch {
     /// Nobody waits any more: let no picture through.
     pub fn disarm(&self) {
         self.armed.store(false, Ordering::Relaxed);
-    }
-}
-
-/// The VP8 encode for viewers without H.264: its frames, keyframe requests and counters, and
-/// the valve that runs it only while such a viewer watches.
-pub struct Vp8Branch {
-    /// Encoded VP8 frames.
-    pub video: broadcast::Sender<Arc<EncodedFrame>>,
-    /// Asks the VP8 encoder for keyframes.
-    pub keyframes: KeyframeRequester,
-    /// Frames, keyframes and bytes out of the VP8 encoder.
-    pub stats: Arc<MediaStats>,
-    valve: gst::Element,
-    /// VP8 viewers now.
-    viewers: Mutex<usize>,
-}
-
-impl Vp8Branch {
-    /// A VP8 viewer arrived: the first one opens the valve (the encoder starts with a keyframe).
-    pub fn viewer_joined(&self) {
-        let Ok(mut n) = self.viewers.lock() else {
-            return;
-        };
-        *n += 1;
-        if *n == 1 {
-            self.valve.set_property("drop", false);
-            tracing::info!("VP8 encoder started for viewers without H.264");
-        }
-    }
-
-    /// A VP8 viewer left: the last one closes the valve again.
-    pub fn viewer_left(&self) {
-        let Ok(mut n) = self.viewers.lock() else {
-            return;
-        };
-        *n = n.saturating_sub(1);
-        if *n == 0 {
-            self.valve.set_property("drop", true);
-            tracing::info!("VP8 encoder stopped: no viewer needs it");
-        }
-    }
-
-    /// VP8 viewers now.
-    pub fn viewer_count(&self) -> usize {
-        self.viewers.lock().map(|n| *n).unwrap_or(0)
     }
 }
 
@@ -670,13 +625,19 @@ impl MediaPipeline {
             let keyframes = KeyframeRequester::new(stats.clone());
             keyframes.set_pad(sink.static_pad("sink"));
             install_sink(&sink, tx.clone(), stats.clone(), Kind::Vp8);
-            Some(Vp8Branch {
-                video: tx,
+            let spec = RungSpec {
+                width: settings.encode.width,
+                height: settings.encode.height,
+                bitrate_kbps: settings.encode.bitrate_kbps,
+            };
+            Some(Arc::new(Rendition::new(
+                spec,
+                RenditionKind::Vp8,
+                tx,
                 keyframes,
                 stats,
                 valve,
-                viewers: Mutex::new(0),
-            })
+            )))
         } else {
             None
         };
@@ -702,7 +663,14 @@ impl MediaPipeline {
                 let keyframes = KeyframeRequester::new(stats.clone());
                 keyframes.set_pad(sink.static_pad("sink"));
                 install_sink(&sink, tx.clone(), stats.clone(), Kind::Rung);
-                renditions.push(Arc::new(Rendition::new(*spec, tx, keyframes, stats, valve)));
+                renditions.push(Arc::new(Rendition::new(
+                    *spec,
+                    RenditionKind::Lower,
+                    tx,
+                    keyframes,
+                    stats,
+                    valve,
+                )));
             }
         }
         Ok(MediaPipeline {

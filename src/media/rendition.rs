@@ -101,11 +101,23 @@ impl RungSpec {
     }
 }
 
-/// A lower rendition in the pipeline: its frames, its keyframe requests, its counters, and the
-/// valve that runs its encoder only while someone watches it.
+/// What a [`Rendition`] is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenditionKind {
+    /// A lower H.264 rung, for viewers on slow links.
+    Lower,
+    /// VP8 at the main size, for viewers that cannot decode H.264 (`video.fallback = "vp8"`).
+    Vp8,
+}
+
+/// A second encode of the one capture: its frames, its keyframe requests, its counters, and
+/// the valve that runs its encoder only while someone watches it (the encoder starts with a
+/// keyframe when the valve opens).
 pub struct Rendition {
-    /// Which rung.
+    /// Its size and bitrate.
     pub spec: RungSpec,
+    /// A lower rung or the VP8 fallback.
+    pub kind: RenditionKind,
     /// Encoded H.264 access units.
     pub video: broadcast::Sender<Arc<EncodedFrame>>,
     /// Asks this rung's encoder for keyframes.
@@ -119,6 +131,7 @@ pub struct Rendition {
 impl Rendition {
     pub(crate) fn new(
         spec: RungSpec,
+        kind: RenditionKind,
         video: broadcast::Sender<Arc<EncodedFrame>>,
         keyframes: KeyframeRequester,
         stats: Arc<MediaStats>,
@@ -126,6 +139,7 @@ impl Rendition {
     ) -> Self {
         Self {
             spec,
+            kind,
             video,
             keyframes,
             stats,
@@ -141,7 +155,15 @@ impl Rendition {
             *n += 1;
             if *n == 1 {
                 self.valve.set_property("drop", false);
-                tracing::info!(rung = %self.spec, "lower rendition started");
+                match self.kind {
+                    RenditionKind::Lower => {
+                        tracing::info!(rung = %self.spec, "lower rendition started")
+                    }
+                    RenditionKind::Vp8 => tracing::info!(
+                        size = %self.spec,
+                        "VP8 encoder started for viewers without H.264"
+                    ),
+                }
             }
         }
         RenditionUse(self.clone())
@@ -157,7 +179,12 @@ impl Rendition {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 self.valve.set_property("drop", true);
-                tracing::info!(rung = %self.spec, "lower rendition stopped: nobody watches it");
+                match self.kind {
+                    RenditionKind::Lower => {
+                        tracing::info!(rung = %self.spec, "lower rendition stopped: nobody watches it")
+                    }
+                    RenditionKind::Vp8 => tracing::info!("VP8 encoder stopped: no viewer needs it"),
+                }
             }
         }
     }
