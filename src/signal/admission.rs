@@ -1,12 +1,16 @@
 //! Which TCP connections the signaling server takes at all, before it reads a byte of HTTP: a
-//! cap on open connections in total and one per client address. A connection over either cap
-//! is closed as soon as it is accepted, so the process never runs out of file descriptors for
-//! its camera, its viewers' WebRTC sockets or its own joins, and one address cannot take every
-//! place. The caps count sockets, not requests: a kept-alive page load and a WebSocket each hold
-//! one place until they close.
+//! cap on open connections in total and one per client address, so the process never runs out
+//! of file descriptors for its camera, its viewers' WebRTC sockets or its own joins, and one
+//! address cannot take every place. A connection over the per-address cap is closed as soon as
+//! it is accepted. At the total cap a newcomer takes the place of the oldest connection that
+//! has not [settled](Settle) (joined a room), from the address holding the most unsettled ones:
+//! whoever floods the server with idle sockets loses their own first, and a viewer arriving
+//! from elsewhere still gets in. The caps count sockets, not requests: a kept-alive page load
+//! and a WebSocket each hold one place until they close.
 //!
 //! [`AdmissionAcceptor`] applies the caps inside `axum_server`'s accept step (beneath TLS), and
-//! each admitted stream carries its place with it: dropping the stream frees it.
+//! each admitted stream carries its place with it: dropping the stream frees it. Every request
+//! on the connection carries its [`Settle`] handle as an extension.
 
 use futures_util::task::AtomicWaker;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
