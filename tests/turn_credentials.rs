@@ -26,17 +26,10 @@ for-open-rooms = {for_open_rooms}
     )
     .expect("write the server's config");
     let config = config.display().to_string();
-    let mut s = Campeer::start(
+    let (s, base) = serve_args(
         &["serve", "--config", &config, "--listen", "127.0.0.1:0"],
         &[],
     );
-    let line = s.wait_stdout("signaling server on", Duration::from_secs(20));
-    let base = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .trim_end_matches('/')
-        .to_owned();
     (s, base, dir)
 }
 

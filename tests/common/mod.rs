@@ -549,7 +549,12 @@ pub fn start_server_on(listen: &str, open_rooms: &str) -> (Campeer, String) {
 /// `campeer serve` listening on `listen` with these environment overrides; returns it with its
 /// base URL.
 pub fn serve_with(listen: &str, env: &[(&str, &str)]) -> (Campeer, String) {
-    let mut server = Campeer::start(&["serve", "--listen", listen], env);
+    serve_args(&["serve", "--listen", listen], env)
+}
+
+/// `campeer <args>` (a `serve` command line), and its `http://host:port` once it listens.
+pub fn serve_args(args: &[&str], env: &[(&str, &str)]) -> (Campeer, String) {
+    let mut server = Campeer::start(args, env);
     let line = server.wait_stdout("signaling server on", Duration::from_secs(20));
     let base = line
         .split_whitespace()
