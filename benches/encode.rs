@@ -139,10 +139,10 @@ fn vp8_branch(width: u32, height: u32) {
         ];
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (closed, _) = measure(&vp8_frames, 8).await;
-        vp8.viewer_joined();
+        let watching = vp8.acquire();
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (open, fps) = measure(&vp8_frames, 8).await;
-        vp8.viewer_left();
+        drop(watching);
         println!(
             "vp8 branch   {width:>4}x{height:<4}@30  H.264 only {closed:>6.1} %, H.264 + VP8 {open:>6.1} % of a core: the VP8 encode adds {:>5.1} %  ({fps:.1} VP8 fps out)  RSS {:>6.1} MB",
             open - closed,
