@@ -264,6 +264,9 @@ pub struct ServerConfig {
     pub max_connections_per_address: usize,
     /// Origins whose pages may open `/ws` besides the server's own; `*` allows every origin.
     pub allowed_origins: Vec<String>,
+    /// Names (besides addresses and LAN-only names) pages may reach this server by over plain
+    /// http and still use open rooms without a token; `*` trusts every name.
+    pub host_names: Vec<String>,
     /// A bearer token that opens `/metrics` to other machines (empty: this machine only).
     pub metrics_token: String,
 }
@@ -287,6 +290,7 @@ impl Default for ServerConfig {
             max_connections: 0,
             max_connections_per_address: 64,
             allowed_origins: vec![],
+            host_names: vec![],
             metrics_token: String::new(),
         }
     }
@@ -600,6 +604,19 @@ impl Config {
                 return bad(
                     "server.allowed-origins",
                     format!("{o:?} (expected \"*\" or an origin: http[s]://host[:port])"),
+                );
+            }
+        }
+        for n in &self.server.host_names {
+            let ok = n == "*"
+                || (!n.is_empty()
+                    && n.len() <= 253
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+            if !ok {
+                return bad(
+                    "server.host-names",
+                    format!("{n:?} (expected \"*\" or a DNS name without scheme or port)"),
                 );
             }
         }

@@ -105,6 +105,7 @@ fn conn_limits(config: &Config) -> ConnLimits {
         join_timeout: config.server.join_timeout,
         header_timeout: config.server.header_timeout,
         allowed_origins: config.server.allowed_origins.clone().into(),
+        host_names: config.server.host_names.clone().into(),
         metrics_token: (!config.server.metrics_token.trim().is_empty())
             .then(|| config.server.metrics_token.trim().into()),
     }
@@ -810,6 +811,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
                     key: k.clone(),
                     open_rooms: config.server.open_rooms.iter().cloned().collect(),
                 },
+                config.server.host_names.clone().into(),
                 config.camera.room.clone(),
                 settings.encode.framerate,
                 SNAPSHOT_TIMEOUT,

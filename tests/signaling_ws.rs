@@ -70,6 +70,7 @@ fn limits() -> ConnLimits {
         join_timeout: Duration::from_secs(30),
         header_timeout: Duration::from_secs(10),
         allowed_origins: Arc::from(Vec::new()),
+        host_names: Arc::from(Vec::new()),
         metrics_token: None,
     }
 }

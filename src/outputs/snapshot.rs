@@ -9,6 +9,8 @@
 
 use crate::media::bus::Demand;
 use crate::media::pipeline::{EncodedFrame, MediaPipeline};
+use crate::signal::admission::Admitted;
+use crate::signal::host::ReachedAs;
 use crate::signal::protocol::Role;
 use crate::signal::router::Access;
 use crate::signal::token::TokenError;
@@ -26,6 +28,17 @@ pub enum SnapshotError {
     /// The room needs a token and none came.
     #[error("room {0:?} needs a viewer token (Authorization: Bearer <token>, or ?token=)")]
     TokenRequired(String),
+    /// The room is open, but the request named the server by a name another site's DNS could
+    /// have pointed here (see [`crate::signal::host`]), and came without a token.
+    #[error(
+        "room {room:?} is open only to requests that name this server by an address or one of its own names; {name:?} is not one (server.host-names), so it needs a viewer token (Authorization: Bearer <token>, or ?token=)"
+    )]
+    ForeignName {
+        /// The room.
+        room: String,
+        /// The name the request gave as Host.
+        name: String,
+    },
     /// The token is forged, garbled or expired.
     #[error("{0}")]
     BadToken(String),
@@ -40,9 +53,9 @@ pub enum SnapshotError {
 impl IntoResponse for SnapshotError {
     fn into_response(self) -> Response {
         let status = match self {
-            SnapshotError::TokenRequired(_) | SnapshotError::BadToken(_) => {
-                StatusCode::UNAUTHORIZED
-            }
+            SnapshotError::TokenRequired(_)
+            | SnapshotError::ForeignName { .. }
+            | SnapshotError::BadToken(_) => StatusCode::UNAUTHORIZED,
             SnapshotError::Forbidden(_) => StatusCode::FORBIDDEN,
             SnapshotError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
@@ -71,6 +84,8 @@ pub struct Snapshots {
     demand: Demand,
     access: Access,
     room: String,
+    /// Names besides LAN-only ones an open room's snapshot answers to without a token.
+    host_names: Arc<[String]>,
     /// A picture this young is handed out again.
     frame_interval: Duration,
     /// How long a request waits for a picture (capture may have to start first).
@@ -86,6 +101,7 @@ impl Snapshots {
         media: Arc<MediaPipeline>,
         demand: Demand,
         access: Access,
+        host_names: Arc<[String]>,
         room: String,
         framerate: u32,
         timeout: Duration,
@@ -94,6 +110,7 @@ impl Snapshots {
             media,
             demand,
             access,
+            host_names,
             room,
             frame_interval: Duration::from_secs(1) / framerate.max(1),
             timeout,
@@ -111,13 +128,26 @@ impl Snapshots {
             .unwrap_or(0)
     }
 
-    /// The room's access rule applied to `token`.
-    pub fn authorize(&self, token: Option<&str>, now: SystemTime) -> Result<(), SnapshotError> {
-        if self.access.is_open(&self.room) {
+    /// The room's access rule applied to `token`, for a request that named the server as
+    /// `reached` says.
+    pub fn authorize(
+        &self,
+        token: Option<&str>,
+        reached: &ReachedAs,
+        now: SystemTime,
+    ) -> Result<(), SnapshotError> {
+        let open = self.access.is_open(&self.room);
+        if open && reached.foreign().is_none() {
             return Ok(());
         }
         let Some(token) = token.filter(|t| !t.is_empty()) else {
-            return Err(SnapshotError::TokenRequired(self.room.clone()));
+            return Err(match reached.foreign() {
+                Some(name) if open => SnapshotError::ForeignName {
+                    room: self.room.clone(),
+                    name: name.to_owned(),
+                },
+                _ => SnapshotError::TokenRequired(self.room.clone()),
+            });
         };
         match self.access.key.verify(token, &self.room, Role::Viewer, now) {
             Ok(_) => Ok(()),
@@ -231,12 +261,21 @@ pub fn routes(snapshots: Arc<Snapshots>) -> axum::Router {
 
 async fn snapshot(
     State(snapshots): State<Arc<Snapshots>>,
+    admitted: Option<axum::Extension<Admitted>>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     Query(query): Query<TokenQuery>,
 ) -> Response {
     snapshots.requests.fetch_add(1, Ordering::Relaxed);
     let token = bearer(&headers).or(query.token.as_deref());
-    if let Err(e) = snapshots.authorize(token, SystemTime::now()) {
+    // Unlike a WebSocket, a page's same-origin GET carries no Origin: judge every request.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or(uri.authority().map(|a| a.as_str()));
+    let tls = admitted.is_some_and(|axum::Extension(a)| a.tls);
+    let reached = ReachedAs::judge(host, tls, &snapshots.host_names);
+    if let Err(e) = snapshots.authorize(token, &reached, SystemTime::now()) {
         tracing::debug!(error = %e, "snapshot refused");
         return e.into_response();
     }

@@ -315,6 +315,16 @@ pub fn nofile_limit() -> usize {
 pub struct AdmissionAcceptor {
     admission: Admission,
     first_byte: std::time::Duration,
+    tls: bool,
+}
+
+/// What every request of an admitted connection carries as an extension.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    /// Settles the connection's place when it joins a room.
+    pub settle: Settle,
+    /// The connection is encrypted (the acceptor sits under a TLS one).
+    pub tls: bool,
 }
 
 impl AdmissionAcceptor {
@@ -323,14 +333,20 @@ impl AdmissionAcceptor {
         Self {
             admission,
             first_byte,
+            tls: false,
         }
+    }
+
+    /// For connections a TLS acceptor around this one encrypts.
+    pub fn under_tls(self) -> Self {
+        Self { tls: true, ..self }
     }
 }
 
 impl<S> axum_server::accept::Accept<TcpStream, S> for AdmissionAcceptor {
     type Stream = AdmittedStream;
-    /// Every request of the connection carries its [`Settle`] handle as an extension.
-    type Service = axum::middleware::AddExtension<S, Settle>;
+    /// Every request of the connection carries its [`Admitted`] as an extension.
+    type Service = axum::middleware::AddExtension<S, Admitted>;
     type Future = std::future::Ready<io::Result<(AdmittedStream, Self::Service)>>;
 
     fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
@@ -340,14 +356,17 @@ impl<S> axum_server::accept::Accept<TcpStream, S> for AdmissionAcceptor {
                 io::Error::other(why)
             })?;
             let _ = stream.set_nodelay(true);
-            let settle = place.settler();
+            let admitted = Admitted {
+                settle: place.settler(),
+                tls: self.tls,
+            };
             let stream = AdmittedStream {
                 stream,
                 eviction: place.eviction.clone(),
                 _place: place,
                 first_byte: Some(Box::pin(tokio::time::sleep(self.first_byte))),
             };
-            Ok((stream, axum::Extension(settle).layer(service)))
+            Ok((stream, axum::Extension(admitted).layer(service)))
         });
         std::future::ready(admitted)
     }

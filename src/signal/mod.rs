@@ -2,6 +2,7 @@
 //! viewer pages. The same code runs embedded in `campeer run` and standalone in `campeer serve`.
 
 pub mod admission;
+pub mod host;
 pub mod ice;
 pub mod protocol;
 pub mod router;

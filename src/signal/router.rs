@@ -133,6 +133,19 @@ impl Router {
 
     /// Handle one message from `from` at `now`.
     pub fn handle(&mut self, from: &PeerId, msg: ClientMessage, now: SystemTime) -> Outbox {
+        self.handle_via(from, None, msg, now)
+    }
+
+    /// Handle one message from `from`, a web page that reached the server by
+    /// `foreign_name` when that is a name another site's DNS could have pointed at it (see
+    /// [`super::host`]): open rooms are closed to such a page unless it holds a token.
+    pub fn handle_via(
+        &mut self,
+        from: &PeerId,
+        foreign_name: Option<&str>,
+        msg: ClientMessage,
+        now: SystemTime,
+    ) -> Outbox {
         match msg {
             ClientMessage::Join {
                 room,
@@ -146,7 +159,7 @@ impl Router {
                         && i.len() <= MAX_INSTANCE_LEN
                         && i.chars().all(|c| c.is_ascii_graphic())
                 });
-                self.join(from, room, role, token, name, instance, now)
+                self.join(from, room, role, token, name, instance, foreign_name, now)
             }
             ClientMessage::Ice {} => match self.members.get(from) {
                 Some(m) => vec![(
@@ -218,6 +231,7 @@ impl Router {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn join(
         &mut self,
         from: &PeerId,
@@ -226,6 +240,7 @@ impl Router {
         token: Option<String>,
         name: Option<String>,
         instance: Option<String>,
+        foreign_name: Option<&str>,
         now: SystemTime,
     ) -> Outbox {
         if let Some(m) = self.members.get(from) {
@@ -243,13 +258,16 @@ impl Router {
             );
         }
         let mut access_until = None;
-        if !self.access.is_open(&room) {
+        let open = self.access.is_open(&room);
+        if !open || foreign_name.is_some() {
             let Some(token) = token.filter(|t| !t.is_empty()) else {
-                return err(
-                    from,
-                    ErrorCode::TokenRequired,
-                    format!("room {room:?} needs a {role} token"),
-                );
+                let why = match foreign_name {
+                    Some(name) if open => format!(
+                        "room {room:?} is open only to pages that reach this server by an address or one of its own names; {name:?} is not one (server.host-names), so it needs a {role} token"
+                    ),
+                    _ => format!("room {room:?} needs a {role} token"),
+                };
+                return err(from, ErrorCode::TokenRequired, why);
             };
             match self.access.key.verify(&token, &room, role, now) {
                 Ok(claims) => {
@@ -815,6 +833,43 @@ mod tests {
         // Open rooms need none.
         assert!(matches!(
             join(&mut r, "b", "open", Role::Camera, None)[0].1,
+            ServerMessage::Created { .. }
+        ));
+    }
+
+    #[test]
+    fn an_open_room_needs_a_token_from_a_page_reached_by_a_foreign_name() {
+        let mut r = router(&["lab"]);
+        let via = |r: &mut Router, id: &str, token: Option<String>| {
+            r.handle_via(
+                &id.to_string(),
+                Some("evil.example:8080"),
+                ClientMessage::Join {
+                    room: "lab".into(),
+                    role: Role::Viewer,
+                    token,
+                    name: None,
+                    instance: None,
+                },
+                now(),
+            )
+        };
+        let out = via(&mut r, "page", None);
+        assert_eq!(code(&out), "token-required");
+        let [(_, ServerMessage::Error { message, .. })] = out.as_slice() else {
+            panic!("{out:?}")
+        };
+        assert!(message.contains("evil.example:8080") && message.contains("server.host-names"));
+        assert_eq!(r.member_count(), 0);
+        // A token still opens it, as for a closed room.
+        let viewer = key().sign("lab", Role::Viewer, Duration::from_secs(60), now());
+        assert!(matches!(
+            via(&mut r, "page", Some(viewer))[0].1,
+            ServerMessage::Created { .. }
+        ));
+        // The same page at an address or the server's own name needs none.
+        assert!(matches!(
+            join(&mut r, "lan", "lab", Role::Viewer, None)[0].1,
             ServerMessage::Created { .. }
         ));
     }

@@ -13,7 +13,8 @@
 //! address holding the most), HTTP request headers must arrive within `header_timeout`, and a
 //! WebSocket that has not joined a room within `join_timeout` is closed.
 
-use super::admission::{Admission, AdmissionAcceptor, Settle};
+use super::admission::{Admission, AdmissionAcceptor, Admitted, Settle};
+use super::host::ReachedAs;
 use super::protocol::{ClientMessage, ErrorCode, PeerId, Role, ServerMessage, parse_client};
 use super::router::Router;
 use super::web;
@@ -97,6 +98,9 @@ pub struct ConnLimits {
     /// Origins (`https://host[:port]`) whose pages may open `/ws` besides the server's own;
     /// `*` allows every origin.
     pub allowed_origins: Arc<[String]>,
+    /// Names (besides addresses and LAN-only names) a page may reach this server by and still
+    /// join an open room without a token; `*` trusts every name (see [`super::host`]).
+    pub host_names: Arc<[String]>,
     /// A bearer token that opens `/metrics` to requests from anywhere; without it only this
     /// machine reads them (see [`metrics_access`]).
     pub metrics_token: Option<Arc<str>>,
@@ -144,29 +148,13 @@ pub fn metrics_access(
         return Err(MetricsRefusal::NeedsToken);
     }
     let host = host.unwrap_or("");
-    if host_is_local_literal(host) {
+    if super::host::host_is_local_literal(host) {
         Ok(())
     } else {
         Err(MetricsRefusal::ForeignHost(
             host.chars().take(100).collect(),
         ))
     }
-}
-
-/// `localhost` or an IP address, with or without a port (`[v6]:port` for IPv6).
-fn host_is_local_literal(host: &str) -> bool {
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        match rest.split_once(']') {
-            Some((v6, port)) if port.is_empty() || port.starts_with(':') => v6,
-            _ => return false,
-        }
-    } else {
-        match host.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-            _ => host,
-        }
-    };
-    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// Whether a WebSocket opened by a page at `origin` may connect to a server reached as `host`
@@ -242,6 +230,9 @@ struct Conn {
     unjoined_since: Option<tokio::time::Instant>,
     /// Settles its admission place when it joins (a full server then never evicts it).
     settle: Option<Settle>,
+    /// The name a web page reached the server by, when another site's DNS could have pointed
+    /// it here: open rooms need a token from it.
+    foreign_name: Option<String>,
 }
 
 enum HubEvent {
@@ -251,6 +242,7 @@ enum HubEvent {
         kick: CancellationToken,
         camera: Arc<AtomicBool>,
         settle: Option<Settle>,
+        foreign_name: Option<String>,
     },
     Message {
         id: PeerId,
@@ -440,7 +432,7 @@ impl SignalServer {
     ) -> std::io::Result<()> {
         let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
             .handshake_timeout(self.header_timeout)
-            .acceptor(AdmissionAcceptor::new(admission, self.header_timeout));
+            .acceptor(AdmissionAcceptor::new(admission, self.header_timeout).under_tls());
         let server = self.server_on(listener, acceptor)?;
         self.spawn_server(server, "TLS signaling server stopped");
         Ok(())
@@ -655,6 +647,7 @@ async fn hub_loop(
                 kick,
                 camera,
                 settle,
+                foreign_name,
             } => {
                 let unjoined_since = Some(tokio::time::Instant::now());
                 conns.insert(
@@ -665,15 +658,16 @@ async fn hub_loop(
                         camera,
                         unjoined_since,
                         settle,
+                        foreign_name,
                     },
                 );
                 continue;
             }
             HubEvent::Message { id, msg } => {
-                if !conns.contains_key(&id) {
+                let Some(c) = conns.get(&id) else {
                     continue; // dropped as slow while this message was in flight
-                }
-                let out = router.handle(&id, msg, SystemTime::now());
+                };
+                let out = router.handle_via(&id, c.foreign_name.as_deref(), msg, SystemTime::now());
                 if let Some(c) = conns.get_mut(&id) {
                     match router.role_of(&id) {
                         Some(role) => {
@@ -786,7 +780,7 @@ fn close_unjoined(
 async fn ws_upgrade(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
-    settle: Option<axum::Extension<Settle>>,
+    admitted: Option<axum::Extension<Admitted>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     if state.shutdown.is_cancelled() {
@@ -807,6 +801,16 @@ async fn ws_upgrade(
         )
             .into_response();
     }
+    let (settle, tls) = match admitted {
+        Some(axum::Extension(a)) => (Some(a.settle), a.tls),
+        None => (None, false),
+    };
+    // Only a web page can have been sent here by its own DNS name; other clients say Host as
+    // they please.
+    let foreign_name = match origin {
+        Some(_) => ReachedAs::judge(get("host"), tls, &state.limits.host_names).0,
+        None => None,
+    };
     let tasks = state.tasks.clone();
     // Buffers start small (signaling messages are a few kB) and grow only for larger frames:
     // tungstenite's 128 KiB defaults would cost ~256 KiB per idle connection.
@@ -818,7 +822,7 @@ async fn ws_upgrade(
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .on_upgrade(move |socket| {
-            let fut = connection(socket, state, settle.map(|axum::Extension(s)| s));
+            let fut = connection(socket, state, settle, foreign_name);
             async move {
                 // Track the connection so shutdown waits for it to close.
                 let _ = tasks.spawn(fut).await;
@@ -865,7 +869,12 @@ impl RateLimit {
     }
 }
 
-async fn connection(socket: WebSocket, state: AppState, settle: Option<Settle>) {
+async fn connection(
+    socket: WebSocket,
+    state: AppState,
+    settle: Option<Settle>,
+    foreign_name: Option<String>,
+) {
     let id = new_peer_id();
     state
         .counters
@@ -887,6 +896,7 @@ async fn connection(socket: WebSocket, state: AppState, settle: Option<Settle>) 
             kick: kick.clone(),
             camera: camera.clone(),
             settle,
+            foreign_name,
         })
         .await
         .is_err()
@@ -1039,6 +1049,7 @@ mod tests {
             camera: Arc::new(AtomicBool::new(camera)),
             unjoined_since: None,
             settle: None,
+            foreign_name: None,
         };
         (c, rx)
     }
