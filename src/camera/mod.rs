@@ -533,6 +533,15 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), cam.tasks.wait()).await;
 }
 
+/// Why a call was not taken: a protocol error code and a message for the viewer.
+#[derive(Debug)]
+pub struct Refusal {
+    /// `max-viewers`, `no-h264` or `answer-failed`.
+    pub code: &'static str,
+    /// What the viewer's page or player shows.
+    pub message: String,
+}
+
 /// Refuse or end `to`'s call with `code` and a message the viewer's page shows.
 async fn reject(
     ws: &mut Ws,
@@ -787,6 +796,109 @@ impl Camera {
         }
     }
 
+    /// Answer `from`'s first offer with a new viewer connection fed from the encode, or say
+    /// why not (its viewer limit, no codec both sides have, an offer it cannot take).
+    async fn new_call(&mut self, from: PeerId, sdp: String) -> Result<String, Refusal> {
+        if self.peers.len() >= self.settings.max_viewers {
+            self.state.viewers_refused.fetch_add(1, Ordering::Relaxed);
+            warn_gated!(self.refusals, viewer = %from, max = self.settings.max_viewers, "viewer refused: camera at its viewer limit");
+            let message = format!(
+                "this camera serves at most {} viewers at once; try again later",
+                self.settings.max_viewers
+            );
+            return Err(Refusal {
+                code: "max-viewers",
+                message,
+            });
+        }
+        let ice = self.webrtc_ice_servers().await;
+        let has_turn = ice
+            .iter()
+            .any(|s| s.urls.iter().any(|u| u.starts_with("turn")));
+        if self.media.encoder == crate::media::encoder::EncoderKind::Passthrough
+            && self.media.sent_sps().is_none()
+            && self.media.stats.started_unix_ms.load(Ordering::Relaxed) != 0
+        {
+            // A passed-through source picks its own profile: answer with what it
+            // really sends, once its first keyframe is out (bounded; before any start,
+            // as for the first viewer of an on-demand camera, the guess is used).
+            let deadline = tokio::time::Instant::now() + PASSTHROUGH_SPS_WAIT;
+            while self.media.sent_sps().is_none() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let h264 = self.media.h264_profile();
+        let Some(codec) = peer::choose_codec(&sdp, &h264, self.media.vp8.is_some()) else {
+            let codecs = offered_codecs(&sdp);
+            let message = if crate::media::h264::offered_h264(&sdp).is_empty() {
+                warn_gated!(self.refusals, viewer = %from, offered = %codecs, "viewer cannot decode H.264 and the VP8 fallback is off (video.fallback); refused");
+                "this browser cannot decode H.264 video; try Chrome, Safari, or Firefox with the OpenH264 plugin".to_owned()
+            } else {
+                warn_gated!(self.refusals, viewer = %from, offered = %codecs, stream = %h264, "viewer's offer has no H.264 of the stream's profile and there is no VP8 fallback; refused");
+                format!(
+                    "this camera sends H.264 {h264}, which this browser does not offer to decode"
+                )
+            };
+            return Err(Refusal {
+                code: "no-h264",
+                message,
+            });
+        };
+        let (video, keyframes) = match (codec, &self.media.vp8) {
+            (peer::VideoCodec::Vp8, Some(vp8)) => (vp8.video.subscribe(), vp8.keyframes.clone()),
+            _ => (self.media.video.subscribe(), self.media.keyframes.clone()),
+        };
+        let setup = PeerSetup {
+            viewer: from.clone(),
+            ice_servers: ice,
+            relay_only: self.settings.relay_only
+                || self.state.relay_auto.load(Ordering::Relaxed)
+                || (self.settings.relay_when_turn && has_turn),
+            udp_addrs: self.settings.udp_addrs.clone(),
+            mdns: self.settings.mdns,
+            playout_delay_zero: self.settings.playout_delay_zero,
+            events: self.events_tx.clone(),
+            video,
+            audio: self.media.has_audio.then(|| self.media.audio.subscribe()),
+            keyframes,
+            codec,
+            h264,
+            video_tx: self.media.video.clone(),
+            lower: self.media.renditions.clone(),
+            video_kbps: self.media.video_kbps(),
+            audio_kbps: if self.media.has_audio {
+                self.media.audio_kbps
+            } else {
+                0
+            },
+        };
+        match peer::answer(setup, sdp).await {
+            Ok((mut p, answer)) => {
+                if codec == peer::VideoCodec::Vp8 {
+                    p.rendition = self.media.vp8.as_ref().map(|r| r.acquire());
+                }
+                let _ = p.stats.codec.set(codec);
+                if let Ok(mut v) = self.state.viewers.lock() {
+                    v.insert(from.clone(), p.stats.clone());
+                }
+                self.arm_connect_deadline(&from, p.cancel.clone());
+                self.peers.insert(from.clone(), p);
+                self.peer_session.insert(from.clone(), self.session);
+                self.publish_count();
+                tracing::info!(viewer = %from, viewers = self.peers.len(), %codec, "viewer connecting");
+                Ok(answer)
+            }
+            Err(e) => {
+                warn_gated!(self.refusals, viewer = %from, error = %e, "cannot answer viewer's offer");
+                let message = format!("the camera could not answer: {e}");
+                Err(Refusal {
+                    code: "answer-failed",
+                    message,
+                })
+            }
+        }
+    }
+
     async fn on_signal(
         &mut self,
         ws: &mut Ws,
@@ -868,90 +980,8 @@ impl Camera {
                     }
                     return Ok(());
                 }
-                if self.peers.len() >= self.settings.max_viewers {
-                    self.state.viewers_refused.fetch_add(1, Ordering::Relaxed);
-                    warn_gated!(self.refusals, viewer = %from, max = self.settings.max_viewers, "viewer refused: camera at its viewer limit");
-                    let message = format!(
-                        "this camera serves at most {} viewers at once; try again later",
-                        self.settings.max_viewers
-                    );
-                    return reject(ws, from, "max-viewers", message).await;
-                }
-                let ice = self.webrtc_ice_servers().await;
-                let has_turn = ice
-                    .iter()
-                    .any(|s| s.urls.iter().any(|u| u.starts_with("turn")));
-                if self.media.encoder == crate::media::encoder::EncoderKind::Passthrough
-                    && self.media.sent_sps().is_none()
-                    && self.media.stats.started_unix_ms.load(Ordering::Relaxed) != 0
-                {
-                    // A passed-through source picks its own profile: answer with what it
-                    // really sends, once its first keyframe is out (bounded; before any start,
-                    // as for the first viewer of an on-demand camera, the guess is used).
-                    let deadline = tokio::time::Instant::now() + PASSTHROUGH_SPS_WAIT;
-                    while self.media.sent_sps().is_none() && tokio::time::Instant::now() < deadline
-                    {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-                let h264 = self.media.h264_profile();
-                let Some(codec) = peer::choose_codec(&sdp, &h264, self.media.vp8.is_some()) else {
-                    let codecs = offered_codecs(&sdp);
-                    let message = if crate::media::h264::offered_h264(&sdp).is_empty() {
-                        warn_gated!(self.refusals, viewer = %from, offered = %codecs, "viewer cannot decode H.264 and the VP8 fallback is off (video.fallback); refused");
-                        "this browser cannot decode H.264 video; try Chrome, Safari, or Firefox with the OpenH264 plugin".to_owned()
-                    } else {
-                        warn_gated!(self.refusals, viewer = %from, offered = %codecs, stream = %h264, "viewer's offer has no H.264 of the stream's profile and there is no VP8 fallback; refused");
-                        format!(
-                            "this camera sends H.264 {h264}, which this browser does not offer to decode"
-                        )
-                    };
-                    return reject(ws, from, "no-h264", message).await;
-                };
-                let (video, keyframes) = match (codec, &self.media.vp8) {
-                    (peer::VideoCodec::Vp8, Some(vp8)) => {
-                        (vp8.video.subscribe(), vp8.keyframes.clone())
-                    }
-                    _ => (self.media.video.subscribe(), self.media.keyframes.clone()),
-                };
-                let setup = PeerSetup {
-                    viewer: from.clone(),
-                    ice_servers: ice,
-                    relay_only: self.settings.relay_only
-                        || self.state.relay_auto.load(Ordering::Relaxed)
-                        || (self.settings.relay_when_turn && has_turn),
-                    udp_addrs: self.settings.udp_addrs.clone(),
-                    mdns: self.settings.mdns,
-                    playout_delay_zero: self.settings.playout_delay_zero,
-                    events: self.events_tx.clone(),
-                    video,
-                    audio: self.media.has_audio.then(|| self.media.audio.subscribe()),
-                    keyframes,
-                    codec,
-                    h264,
-                    video_tx: self.media.video.clone(),
-                    lower: self.media.renditions.clone(),
-                    video_kbps: self.media.video_kbps(),
-                    audio_kbps: if self.media.has_audio {
-                        self.media.audio_kbps
-                    } else {
-                        0
-                    },
-                };
-                match peer::answer(setup, sdp.clone()).await {
-                    Ok((mut p, answer)) => {
-                        if codec == peer::VideoCodec::Vp8 {
-                            p.rendition = self.media.vp8.as_ref().map(|r| r.acquire());
-                        }
-                        let _ = p.stats.codec.set(codec);
-                        if let Ok(mut v) = self.state.viewers.lock() {
-                            v.insert(from.clone(), p.stats.clone());
-                        }
-                        self.arm_connect_deadline(&from, p.cancel.clone());
-                        self.peers.insert(from.clone(), p);
-                        self.peer_session.insert(from.clone(), self.session);
-                        self.publish_count();
-                        tracing::info!(viewer = %from, viewers = self.peers.len(), %codec, "viewer connecting");
+                match self.new_call(from.clone(), sdp).await {
+                    Ok(answer) => {
                         send(
                             ws,
                             &ClientMessage::Answer {
@@ -959,13 +989,9 @@ impl Camera {
                                 sdp: answer,
                             },
                         )
-                        .await?;
+                        .await?
                     }
-                    Err(e) => {
-                        warn_gated!(self.refusals, viewer = %from, error = %e, "cannot answer viewer's offer");
-                        let message = format!("the camera could not answer: {e}");
-                        reject(ws, from, "answer-failed", message).await?;
-                    }
+                    Err(r) => reject(ws, from, r.code, r.message).await?,
                 }
             }
             ServerMessage::Candidate { from, candidate } => {

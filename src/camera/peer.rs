@@ -42,8 +42,8 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceConnectionState, RTCIceServer,
-    RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState,
+    RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
     RTCSessionDescription, Registry, SettingEngineBuilder, register_default_interceptors,
 };
 
@@ -166,6 +166,7 @@ struct Events {
     tx: mpsc::Sender<PeerEvent>,
     state: watch::Sender<RTCPeerConnectionState>,
     ice: watch::Sender<RTCIceConnectionState>,
+    gathering: watch::Sender<RTCIceGatheringState>,
 }
 
 #[async_trait::async_trait]
@@ -192,6 +193,10 @@ impl PeerConnectionEventHandler for Events {
 
     async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
         let _ = self.ice.send(state);
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        let _ = self.gathering.send(state);
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
@@ -335,6 +340,8 @@ pub struct Peer {
     h264_id: Option<String>,
     /// Remote candidates taken so far.
     remote_candidates: std::sync::atomic::AtomicUsize,
+    /// The local candidates' gathering, for an answer that must carry them all.
+    gathering: watch::Receiver<RTCIceGatheringState>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -507,11 +514,13 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
         .build();
     let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
     let (ice_tx, ice_rx) = watch::channel(RTCIceConnectionState::New);
+    let (gathering_tx, gathering) = watch::channel(RTCIceGatheringState::New);
     let handler = Arc::new(Events {
         viewer: setup.viewer.clone(),
         tx: setup.events.clone(),
         state: state_tx,
         ice: ice_tx,
+        gathering: gathering_tx,
     });
     let mdns_mode = if setup.mdns {
         MulticastDnsMode::QueryOnly
@@ -669,10 +678,30 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
             rendition: None,
             h264_id,
             remote_candidates: Default::default(),
+            gathering,
             tasks,
         },
         answer_sdp,
     ))
+}
+
+/// The current answer with every local candidate gathered within `within` (for clients that
+/// never trickle, as WHEP players often do not): what was gathered by then, at the latest.
+pub async fn answer_with_candidates(peer: &Peer, within: Duration) -> String {
+    let mut gathering = peer.gathering.clone();
+    let _ = tokio::time::timeout(
+        within,
+        gathering.wait_for(|s| *s == RTCIceGatheringState::Complete),
+    )
+    .await;
+    stream_level(
+        peer.pc
+            .local_description()
+            .await
+            .map(|d| d.sdp)
+            .unwrap_or_default(),
+        peer.h264_id.as_deref(),
+    )
 }
 
 /// Apply a new offer from the same viewer (ICE restart, renegotiation).
