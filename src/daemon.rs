@@ -13,7 +13,9 @@ use crate::media::pipeline::{MediaPipeline, MediaSettings, PipelineError};
 use crate::media::rendition::Rendition;
 use crate::media::source::{AudioSource, VideoSource};
 use crate::notify;
+use crate::outputs::access::ViewerAccess;
 use crate::outputs::snapshot::{self, Snapshots};
+use crate::outputs::whep::{self, Whep};
 use crate::signal::admission::Admission;
 use crate::signal::ice::IceProvider;
 use crate::signal::protocol::Role;
@@ -24,7 +26,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -318,6 +320,8 @@ struct CameraObserver {
     demand: watch::Receiver<bool>,
     /// `/snapshot.jpg`.
     snapshots: Arc<Snapshots>,
+    /// `/whep/<room>`.
+    whep: Arc<Whep>,
 }
 
 impl Observer for CameraObserver {
@@ -487,7 +491,7 @@ impl Observer for CameraObserver {
     }
 
     fn routes(&self) -> Option<axum::Router> {
-        Some(snapshot::routes(self.snapshots.clone()))
+        Some(snapshot::routes(self.snapshots.clone()).merge(whep::routes(self.whep.clone())))
     }
 }
 
@@ -789,12 +793,22 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
 
     let camera_state = Arc::new(CameraState::default());
     let embedded = config.camera.signal_url.is_empty();
+    // Calls from outside the room (WHEP) reach the camera task through this.
+    let (calls_tx, calls_rx) = mpsc::channel(64);
     let mut key = None;
     let mut server_tls = None;
     let mut hub = None;
     let (signal_url, page_base) = if embedded {
         let k = TokenKey::new(crate::signal::load_secret(&config)?);
         key = Some(k.clone());
+        let viewer_access = ViewerAccess::new(
+            Access {
+                key: k.clone(),
+                open_rooms: config.server.open_rooms.iter().cloned().collect(),
+            },
+            config.camera.room.clone(),
+            config.server.host_names.clone().into(),
+        );
         announce_open_rooms(&config);
         let tls = tls_for(&config).await?;
         let listener = bind(&config.server.listen).await?;
@@ -807,14 +821,15 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
             snapshots: Arc::new(Snapshots::new(
                 media.clone(),
                 consumers.clone(),
-                Access {
-                    key: k.clone(),
-                    open_rooms: config.server.open_rooms.iter().cloned().collect(),
-                },
-                config.server.host_names.clone().into(),
-                config.camera.room.clone(),
+                viewer_access.clone(),
                 settings.encode.framerate,
                 SNAPSHOT_TIMEOUT,
+            )),
+            whep: Arc::new(Whep::new(
+                viewer_access,
+                calls_tx.clone(),
+                IceProvider::from_config(&config.ice),
+                config.server.allowed_origins.clone().into(),
             )),
         });
         let server = SignalServer::start(
@@ -908,6 +923,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         media.clone(),
         camera_state.clone(),
         ready_tx,
+        calls_rx,
         shutdown.clone(),
     ));
 

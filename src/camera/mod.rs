@@ -19,7 +19,9 @@ pub mod turn_tcp;
 mod warn_gate;
 
 use crate::media::pipeline::MediaPipeline;
-use crate::signal::protocol::{ClientMessage, ErrorCode, IceServer, PeerId, Role, ServerMessage};
+use crate::signal::protocol::{
+    ClientMessage, ErrorCode, IceCandidate, IceServer, PeerId, Role, ServerMessage,
+};
 use crate::signal::token::TokenKey;
 use futures_util::{SinkExt, StreamExt};
 use peer::{Peer, PeerEvent, PeerSetup, PeerStats};
@@ -27,7 +29,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -346,6 +348,8 @@ struct Camera {
     skipped: std::collections::HashSet<String>,
     /// When fresh ICE servers were last asked for (TURN credentials near their expiry).
     ice_asked: Option<tokio::time::Instant>,
+    /// Viewers that called other than through the room (WHEP): nothing of theirs goes to it.
+    outside: std::collections::HashSet<PeerId>,
     /// Warnings about viewers' calls refused or failed: anyone with a viewer token causes them.
     refusals: WarnGate,
     /// Warnings about the server's errors (a flood gets the camera rate-limited).
@@ -359,6 +363,7 @@ pub async fn run(
     media: Arc<MediaPipeline>,
     state: Arc<CameraState>,
     ready: watch::Sender<bool>,
+    mut calls: mpsc::Receiver<CallCommand>,
     shutdown: CancellationToken,
 ) {
     let (events_tx, mut events_rx) = mpsc::channel::<PeerEvent>(1024);
@@ -379,6 +384,7 @@ pub async fn run(
         bridges: HashMap::new(),
         skipped: Default::default(),
         ice_asked: None,
+        outside: Default::default(),
         refusals: WarnGate::new(WARN_EVERY),
         server_errors: WarnGate::new(WARN_EVERY),
         shutdown: shutdown.clone(),
@@ -464,6 +470,7 @@ pub async fn run(
                         break format!("send failed: {e}");
                     }
                 }
+                Some(cmd) = calls.recv() => cam.on_call_command(cmd).await,
                 _ = ping.tick() => {
                     if last_heard.elapsed() > SILENCE_LIMIT {
                         break format!("no answer from the server for {} s", SILENCE_LIMIT.as_secs());
@@ -519,6 +526,7 @@ pub async fn run(
             tokio::select! {
                 _ = &mut sleep => break,
                 Some(ev) = events_rx.recv() => cam.on_peer_event_offline(ev),
+                Some(cmd) = calls.recv() => cam.on_call_command(cmd).await,
                 _ = shutdown.cancelled() => break 'outer,
             }
         }
@@ -531,6 +539,51 @@ pub async fn run(
     }
     cam.tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), cam.tasks.wait()).await;
+}
+
+/// Calls that reach the camera other than through its room (WHEP), sent to the task that owns
+/// the viewers. Each carries the channel its answer goes back on.
+#[derive(Debug)]
+pub enum CallCommand {
+    /// Answer `offer` with a new viewer connection.
+    Open {
+        /// The client's SDP offer.
+        offer: String,
+        /// The session's id and its answer, or why not.
+        reply: oneshot::Sender<Result<OpenedCall, Refusal>>,
+    },
+    /// Remote candidates for `session` (trickled by the client).
+    Candidates {
+        /// The session.
+        session: PeerId,
+        /// Its candidates, in order.
+        candidates: Vec<IceCandidate>,
+        /// `false` when there is no such session.
+        reply: oneshot::Sender<bool>,
+    },
+    /// End `session` now.
+    End {
+        /// The session.
+        session: PeerId,
+        /// `false` when there was no such session.
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// A call taken through [`CallCommand::Open`].
+pub struct OpenedCall {
+    /// Its id among the camera's viewers (`/metrics` names it).
+    pub session: PeerId,
+    /// Its answer, complete once its candidates are gathered.
+    pub answer: peer::AnswerSource,
+}
+
+impl std::fmt::Debug for OpenedCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenedCall")
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a call was not taken: a protocol error code and a message for the viewer.
@@ -785,6 +838,7 @@ impl Camera {
 
     fn drop_peer(&mut self, id: &PeerId, why: &str) {
         self.peer_session.remove(id);
+        self.outside.remove(id);
         self.connected.remove(id);
         self.calls.remove(id);
         if let Some(mut p) = self.peers.remove(id) {
@@ -895,6 +949,61 @@ impl Camera {
                     code: "answer-failed",
                     message,
                 })
+            }
+        }
+    }
+
+    /// A call from outside the room (see [`CallCommand`]).
+    async fn on_call_command(&mut self, cmd: CallCommand) {
+        match cmd {
+            CallCommand::Open { offer, reply } => {
+                let session = format!("whep-{:016x}", rand::random::<u64>());
+                let result = self.new_call(session.clone(), offer).await;
+                let opened = match result {
+                    Ok(_) => match self.peers.get(&session) {
+                        Some(p) => {
+                            self.outside.insert(session.clone());
+                            Ok(OpenedCall {
+                                answer: p.answer_source(),
+                                session,
+                            })
+                        }
+                        None => Err(Refusal {
+                            code: "answer-failed",
+                            message: "the call ended before it was answered".into(),
+                        }),
+                    },
+                    Err(r) => Err(r),
+                };
+                if let Err(Ok(call)) = reply.send(opened) {
+                    // The client went away while it was being answered.
+                    self.drop_peer(&call.session, "its client left before the answer");
+                }
+            }
+            CallCommand::Candidates {
+                session,
+                candidates,
+                reply,
+            } => {
+                let known = match self.peers.get(&session) {
+                    Some(p) if self.outside.contains(&session) => {
+                        for c in candidates {
+                            if let Err(e) = peer::add_candidate(p, c).await {
+                                tracing::debug!(viewer = %session, error = %e, "remote candidate refused");
+                            }
+                        }
+                        true
+                    }
+                    _ => false,
+                };
+                let _ = reply.send(known);
+            }
+            CallCommand::End { session, reply } => {
+                let known = self.outside.contains(&session);
+                if known {
+                    self.drop_peer(&session, "its client ended the session");
+                }
+                let _ = reply.send(known);
             }
         }
     }
@@ -1041,7 +1150,8 @@ impl Camera {
     ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
         match ev {
             PeerEvent::Candidate(viewer, candidate) => {
-                if self.peers.contains_key(&viewer) {
+                // A WHEP client gets its candidates in the answer.
+                if self.peers.contains_key(&viewer) && !self.outside.contains(&viewer) {
                     send(
                         ws,
                         &ClientMessage::Candidate {

@@ -685,23 +685,44 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
     ))
 }
 
-/// The current answer with every local candidate gathered within `within` (for clients that
-/// never trickle, as WHEP players often do not): what was gathered by then, at the latest.
-pub async fn answer_with_candidates(peer: &Peer, within: Duration) -> String {
-    let mut gathering = peer.gathering.clone();
-    let _ = tokio::time::timeout(
-        within,
-        gathering.wait_for(|s| *s == RTCIceGatheringState::Complete),
-    )
-    .await;
-    stream_level(
-        peer.pc
-            .local_description()
-            .await
-            .map(|d| d.sdp)
-            .unwrap_or_default(),
-        peer.h264_id.as_deref(),
-    )
+/// A viewer's answer as it grows with its local candidates (see [`Peer::answer_source`]).
+pub struct AnswerSource {
+    pc: Arc<dyn PeerConnection>,
+    gathering: watch::Receiver<RTCIceGatheringState>,
+    h264_id: Option<String>,
+}
+
+impl AnswerSource {
+    /// The answer with every local candidate gathered within `within` (for clients that never
+    /// trickle, as WHEP players often do not): what was gathered by then, at the latest.
+    pub async fn with_candidates(mut self, within: Duration) -> String {
+        let _ = tokio::time::timeout(
+            within,
+            self.gathering
+                .wait_for(|s| *s == RTCIceGatheringState::Complete),
+        )
+        .await;
+        stream_level(
+            self.pc
+                .local_description()
+                .await
+                .map(|d| d.sdp)
+                .unwrap_or_default(),
+            self.h264_id.as_deref(),
+        )
+    }
+}
+
+impl Peer {
+    /// Its answer, to be read once its candidates are gathered, away from the task that owns
+    /// the viewers.
+    pub fn answer_source(&self) -> AnswerSource {
+        AnswerSource {
+            pc: self.pc.clone(),
+            gathering: self.gathering.clone(),
+            h264_id: self.h264_id.clone(),
+        }
+    }
 }
 
 /// Apply a new offer from the same viewer (ICE restart, renegotiation).

@@ -2,4 +2,6 @@
 //! each takes its frames from the media bus ([`crate::media::bus`]) and holds a share of capture
 //! demand while it works.
 
+pub mod access;
 pub mod snapshot;
+pub mod whep;

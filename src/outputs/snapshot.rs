@@ -1,19 +1,16 @@
 //! Snapshots: `GET /snapshot.jpg`, a JPEG of the camera's current picture at the configured
 //! size, for Home Assistant's generic camera, scripts and status pages.
 //!
-//! Owns the endpoint, its access check (the room's own: a viewer token as
-//! `Authorization: Bearer` or `?token=`, none for an open room) and the sharing of conversions:
+//! Owns the endpoint (its access check is the room's own, [`super::access`]) and the sharing of
+//! conversions:
 //! requests that arrive while one is on its way wait for it, and a picture younger than one
 //! frame interval is handed out again, so a burst of requests costs one JPEG encode. Taking a
 //! snapshot holds a share of capture demand, so it wakes an idle on-demand camera.
 
+use super::access::{AccessRefusal, ViewerAccess};
 use crate::media::bus::Demand;
 use crate::media::pipeline::{EncodedFrame, MediaPipeline};
 use crate::signal::admission::Admitted;
-use crate::signal::host::ReachedAs;
-use crate::signal::protocol::Role;
-use crate::signal::router::Access;
-use crate::signal::token::TokenError;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -25,26 +22,9 @@ use tokio::sync::watch;
 /// Why no snapshot was given.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SnapshotError {
-    /// The room needs a token and none came.
-    #[error("room {0:?} needs a viewer token (Authorization: Bearer <token>, or ?token=)")]
-    TokenRequired(String),
-    /// The room is open, but the request named the server by a name another site's DNS could
-    /// have pointed here (see [`crate::signal::host`]), and came without a token.
-    #[error(
-        "room {room:?} is open only to requests that name this server by an address or one of its own names; {name:?} is not one (server.host-names), so it needs a viewer token (Authorization: Bearer <token>, or ?token=)"
-    )]
-    ForeignName {
-        /// The room.
-        room: String,
-        /// The name the request gave as Host.
-        name: String,
-    },
-    /// The token is forged, garbled or expired.
-    #[error("{0}")]
-    BadToken(String),
-    /// A valid token, but for another room or role.
-    #[error("{0}")]
-    Forbidden(String),
+    /// The room's access rule refused the request.
+    #[error(transparent)]
+    Refused(#[from] AccessRefusal),
     /// The camera gave no picture (none in time, or none it can convert).
     #[error("{0}")]
     Unavailable(String),
@@ -52,19 +32,12 @@ pub enum SnapshotError {
 
 impl IntoResponse for SnapshotError {
     fn into_response(self) -> Response {
-        let status = match self {
-            SnapshotError::TokenRequired(_)
-            | SnapshotError::ForeignName { .. }
-            | SnapshotError::BadToken(_) => StatusCode::UNAUTHORIZED,
-            SnapshotError::Forbidden(_) => StatusCode::FORBIDDEN,
-            SnapshotError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        let mut res = (status, format!("{self}\n")).into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            res.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        match self {
+            SnapshotError::Refused(r) => r.into_response(),
+            SnapshotError::Unavailable(why) => {
+                (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response()
+            }
         }
-        res
     }
 }
 
@@ -82,10 +55,7 @@ struct Shared {
 pub struct Snapshots {
     media: Arc<MediaPipeline>,
     demand: Demand,
-    access: Access,
-    room: String,
-    /// Names besides LAN-only ones an open room's snapshot answers to without a token.
-    host_names: Arc<[String]>,
+    access: ViewerAccess,
     /// A picture this young is handed out again.
     frame_interval: Duration,
     /// How long a request waits for a picture (capture may have to start first).
@@ -100,9 +70,7 @@ impl Snapshots {
     pub fn new(
         media: Arc<MediaPipeline>,
         demand: Demand,
-        access: Access,
-        host_names: Arc<[String]>,
-        room: String,
+        access: ViewerAccess,
         framerate: u32,
         timeout: Duration,
     ) -> Self {
@@ -110,8 +78,6 @@ impl Snapshots {
             media,
             demand,
             access,
-            host_names,
-            room,
             frame_interval: Duration::from_secs(1) / framerate.max(1),
             timeout,
             shared: Mutex::new(Shared::default()),
@@ -126,36 +92,6 @@ impl Snapshots {
             .as_ref()
             .map(|b| b.stats.frames.load(Ordering::Relaxed))
             .unwrap_or(0)
-    }
-
-    /// The room's access rule applied to `token`, for a request that named the server as
-    /// `reached` says.
-    pub fn authorize(
-        &self,
-        token: Option<&str>,
-        reached: &ReachedAs,
-        now: SystemTime,
-    ) -> Result<(), SnapshotError> {
-        let open = self.access.is_open(&self.room);
-        if open && reached.foreign().is_none() {
-            return Ok(());
-        }
-        let Some(token) = token.filter(|t| !t.is_empty()) else {
-            return Err(match reached.foreign() {
-                Some(name) if open => SnapshotError::ForeignName {
-                    room: self.room.clone(),
-                    name: name.to_owned(),
-                },
-                _ => SnapshotError::TokenRequired(self.room.clone()),
-            });
-        };
-        match self.access.key.verify(token, &self.room, Role::Viewer, now) {
-            Ok(_) => Ok(()),
-            Err(e @ (TokenError::WrongRoom(_) | TokenError::WrongRole(_))) => {
-                Err(SnapshotError::Forbidden(e.to_string()))
-            }
-            Err(e) => Err(SnapshotError::BadToken(e.to_string())),
-        }
     }
 
     /// The current picture as a JPEG: a recent one, the one being made, or a new one.
@@ -245,13 +181,6 @@ struct TokenQuery {
     token: Option<String>,
 }
 
-/// The bearer token of an `Authorization` header, if it has one.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
 /// `GET /snapshot.jpg` for `snapshots`.
 pub fn routes(snapshots: Arc<Snapshots>) -> axum::Router {
     axum::Router::new()
@@ -267,15 +196,13 @@ async fn snapshot(
     Query(query): Query<TokenQuery>,
 ) -> Response {
     snapshots.requests.fetch_add(1, Ordering::Relaxed);
-    let token = bearer(&headers).or(query.token.as_deref());
-    // Unlike a WebSocket, a page's same-origin GET carries no Origin: judge every request.
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or(uri.authority().map(|a| a.as_str()));
-    let tls = admitted.is_some_and(|axum::Extension(a)| a.tls);
-    let reached = ReachedAs::judge(host, tls, &snapshots.host_names);
-    if let Err(e) = snapshots.authorize(token, &reached, SystemTime::now()) {
+    if let Err(e) = snapshots.access.check_request(
+        &headers,
+        &uri,
+        admitted.as_ref().map(|axum::Extension(a)| a),
+        query.token.as_deref(),
+        SystemTime::now(),
+    ) {
         tracing::debug!(error = %e, "snapshot refused");
         return e.into_response();
     }
@@ -297,53 +224,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bearer_tokens_are_read_from_the_authorization_header() {
-        let mut h = HeaderMap::new();
-        assert_eq!(bearer(&h), None);
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer abc.def"),
-        );
-        assert_eq!(bearer(&h), Some("abc.def"));
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("bearer  xyz "),
-        );
-        assert_eq!(bearer(&h), Some("xyz"));
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Basic dXNlcg=="),
-        );
-        assert_eq!(bearer(&h), None);
-    }
-
-    #[test]
-    fn refusals_say_what_is_wrong_with_the_right_status() {
-        let cases = [
-            (
-                SnapshotError::TokenRequired("cam".into()),
-                StatusCode::UNAUTHORIZED,
-            ),
-            (
-                SnapshotError::BadToken("expired".into()),
-                StatusCode::UNAUTHORIZED,
-            ),
-            (
-                SnapshotError::Forbidden("room".into()),
-                StatusCode::FORBIDDEN,
-            ),
-            (
-                SnapshotError::Unavailable("none".into()),
-                StatusCode::SERVICE_UNAVAILABLE,
-            ),
-        ];
-        for (e, status) in cases {
-            let res = e.into_response();
-            assert_eq!(res.status(), status);
-            assert_eq!(
-                res.headers().contains_key(header::WWW_AUTHENTICATE),
-                status == StatusCode::UNAUTHORIZED
-            );
-        }
+    fn no_picture_is_a_503_and_a_refusal_keeps_its_status() {
+        let res = SnapshotError::Unavailable("none".into()).into_response();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let res = SnapshotError::from(AccessRefusal::Forbidden("room".into())).into_response();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        let res = SnapshotError::from(AccessRefusal::TokenRequired("cam".into())).into_response();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert!(res.headers().contains_key(header::WWW_AUTHENTICATE));
     }
 }
