@@ -13,7 +13,7 @@ runtime=(gstreamer1.0-plugins-base gstreamer1.0-x gstreamer1.0-plugins-good gstr
          gstreamer1.0-plugins-ugly gstreamer1.0-alsa gstreamer1.0-tools)
 # libcamerasrc for CSI cameras exists on Debian 12 and Raspberry Pi OS; skip where absent.
 optional=(gstreamer1.0-libcamera)
-testing=(chromium firefox-esr iproute2 procps coturn iptables systemd)
+testing=(chromium firefox-esr iproute2 procps coturn iptables systemd curl ca-certificates)
 benching=(python3-gi gir1.2-gst-plugins-bad-1.0 gir1.2-gst-plugins-base-1.0 gstreamer1.0-nice)
 
 pkgs=("${build[@]}" "${runtime[@]}")

@@ -148,6 +148,119 @@ async fn a_non_trickle_player_decodes_and_delete_ends_its_session() {
     assert_eq!(status, 404);
 }
 
+/// medooze's WHEPClient (npm `whip-whep` 1.2.0), fetched once with `npm pack` and checked
+/// against its digest: the source of its `whep.js`.
+fn medooze_whep_js() -> String {
+    const PACKAGE: &str = "whip-whep@1.2.0";
+    const SHA256: &str = "f032b2b2015da76268d3f4a0450af2cf24ae984c6bf7cc5bfd494763cefaf786";
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("whip-whep-1.2.0");
+    let js = dir.join("package/whep.js");
+    if !js.exists() {
+        std::fs::create_dir_all(&dir).expect("a directory for the package");
+        let ok = std::process::Command::new("npm")
+            .args(["pack", PACKAGE, "--silent", "--pack-destination"])
+            .arg(&dir)
+            .status()
+            .expect("npm runs (scripts/setup-debian.sh test installs it)");
+        assert!(ok.success(), "npm could not fetch {PACKAGE}");
+        let tgz = dir.join("whip-whep-1.2.0.tgz");
+        let sum = std::process::Command::new("sha256sum")
+            .arg(&tgz)
+            .output()
+            .expect("sha256sum runs");
+        let sum = String::from_utf8_lossy(&sum.stdout);
+        assert!(sum.starts_with(SHA256), "{PACKAGE} is not the package expected: {sum}");
+        let ok = std::process::Command::new("tar")
+            .arg("xzf")
+            .arg(&tgz)
+            .arg("-C")
+            .arg(&dir)
+            .status()
+            .expect("tar runs");
+        assert!(ok.success(), "could not unpack {PACKAGE}");
+    }
+    std::fs::read_to_string(&js).expect("whep.js in the package")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn medoozes_whep_client_trickles_by_patch_and_decodes() {
+    let client = medooze_whep_js();
+    let (_cam, url) = start_camera(&[], &[]);
+    let base = base_of(&url);
+    let (_, token) = ws_of(&url);
+    let token = token.expect("the room URL carries a viewer token");
+    let room = url
+        .split("/room/")
+        .nth(1)
+        .and_then(|r| r.split('?').next())
+        .expect("a room name")
+        .to_owned();
+
+    let browser = Browser::launch();
+    let mut page = browser.open(&format!("{base}/healthz")).await;
+    // The module's class, as a page's <script type=module> would import it.
+    let load = format!(
+        "{}\n; window.WHEPClient = WHEPClient; 'loaded'",
+        client.replace("export class WHEPClient", "class WHEPClient")
+    );
+    assert_eq!(page.eval(&load).await, "loaded");
+    let started = page
+        .eval(&format!(
+            r#"(async () => {{
+  window.patches = [];
+  const fetch0 = window.fetch;
+  window.fetch = async (url, opts) => {{
+    const res = await fetch0(url, opts);
+    if (opts && opts.method === 'PATCH') window.patches.push(res.status);
+    return res;
+  }};
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver('video', {{ direction: 'recvonly' }});
+  pc.addTransceiver('audio', {{ direction: 'recvonly' }});
+  window.whepPc = pc;
+  window.whepClient = new WHEPClient();
+  await window.whepClient.view(pc, location.origin + '/whep/{room}', {token:?});
+  return 'viewing';
+}})()"#
+        ))
+        .await;
+    assert_eq!(started, "viewing");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = page.eval(DECODED_JS).await;
+        let s: Value = serde_json::from_str(s.as_str().unwrap_or("{}")).expect("JSON");
+        if s["frames"].as_u64().unwrap_or(0) >= 60 {
+            eprintln!("medooze WHEPClient: {s}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "medooze's WHEPClient decoded too little in 30 s: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let patches = page.eval("JSON.stringify(window.patches)").await;
+    let patches: Vec<u16> = serde_json::from_str(patches.as_str().unwrap_or("[]")).expect("JSON");
+    assert!(!patches.is_empty(), "the client trickled nothing");
+    assert!(
+        patches.iter().all(|s| *s == 204),
+        "PATCH statuses: {patches:?}"
+    );
+
+    // stop() sends DELETE: the camera lets the viewer go.
+    page.eval("window.whepClient.stop().then(() => 'stopped')")
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while viewers_in_metrics(&http_get(&base, "/metrics").await.1) != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the session outlived the client's DELETE"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A minimal offer with no codec campeer sends (VP9 only).
 const VP9_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
 a=group:BUNDLE 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 98\r\nc=IN IP4 0.0.0.0\r\n\

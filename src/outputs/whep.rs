@@ -2,8 +2,9 @@
 //! `POST /whep/<room>` with an SDP offer gets `201 Created`, the answer with every candidate
 //! the camera has (many players never trickle), the session's `Location` and `ETag`, and
 //! `Link: rel="ice-server"` entries with the STUN/TURN servers the room protocol would hand out.
-//! `PATCH` on the session trickles the player's candidates (`application/trickle-ice-sdpfrag`);
-//! `DELETE` ends it at once.
+//! `PATCH` on the session trickles the player's candidates (`application/trickle-ice-sdpfrag`;
+//! an ICE restart gets 501, which players take as "start a new session"); `DELETE` ends it at
+//! once.
 //!
 //! Owns the HTTP side only: the call itself is an ordinary viewer of the camera's one encode,
 //! taken by the task that owns the viewers ([`crate::camera::CallCommand`]), under the same
@@ -334,7 +335,14 @@ async fn trickle(
             );
         }
         if let Some(tag) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
-            if tag.trim() != "*" && tag.trim() != etag(&session) {
+            if tag.trim() == "*" {
+                // An ICE restart (the draft's `If-Match: *`): players take 501 and start over.
+                return plain(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "ICE restart is not supported; end this session and start a new one",
+                );
+            }
+            if tag.trim() != etag(&session) {
                 return plain(
                     StatusCode::PRECONDITION_FAILED,
                     "that is not this session's ETag",
