@@ -9,6 +9,7 @@ pub mod netns;
 pub mod playback;
 pub mod rtc_viewer;
 pub mod shaped;
+pub mod whep;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
