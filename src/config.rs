@@ -100,6 +100,8 @@ pub struct CameraConfig {
     /// `lowest`: the playout-delay RTP extension (min=max=0) on every video packet, so the
     /// browser shows each frame at once; `smooth`: the browser's own jitter buffering.
     pub latency: LatencyMode,
+    /// Pictures a second in the `/mjpeg` stream (0: no `/mjpeg`).
+    pub mjpeg_fps: u32,
 }
 
 /// How the browser is asked to buffer video.
@@ -129,6 +131,7 @@ impl Default for CameraConfig {
             rtc_bind: vec!["0.0.0.0:0".into(), "127.0.0.1:0".into()],
             mdns: true,
             latency: LatencyMode::default(),
+            mjpeg_fps: 10,
         }
     }
 }

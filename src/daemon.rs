@@ -14,6 +14,7 @@ use crate::media::rendition::Rendition;
 use crate::media::source::{AudioSource, VideoSource};
 use crate::notify;
 use crate::outputs::access::ViewerAccess;
+use crate::outputs::mjpeg::{self, Mjpeg};
 use crate::outputs::snapshot::{self, Snapshots};
 use crate::outputs::whep::{self, Whep};
 use crate::signal::admission::Admission;
@@ -322,6 +323,8 @@ struct CameraObserver {
     snapshots: Arc<Snapshots>,
     /// `/whep/<room>`.
     whep: Arc<Whep>,
+    /// `/mjpeg`, unless `camera.mjpeg-fps = 0`.
+    mjpeg: Option<Arc<Mjpeg>>,
 }
 
 impl Observer for CameraObserver {
@@ -442,6 +445,17 @@ impl Observer for CameraObserver {
             self.snapshots.requests.load(Ordering::Relaxed),
             self.snapshots.conversions(),
         ));
+        if let Some(m) = &self.mjpeg {
+            out.push_str(&format!(
+                "# TYPE campeer_mjpeg_clients gauge
+campeer_mjpeg_clients {}
+                 # TYPE campeer_mjpeg_frames_total counter
+campeer_mjpeg_frames_total {}
+",
+                m.clients(),
+                m.frames.load(Ordering::Relaxed),
+            ));
+        }
         if let Some(vp8) = &self.media.vp8 {
             out.push_str(&format!(
                 "# TYPE campeer_vp8_frames_encoded_total counter\ncampeer_vp8_frames_encoded_total {}\n\
@@ -491,7 +505,12 @@ impl Observer for CameraObserver {
     }
 
     fn routes(&self) -> Option<axum::Router> {
-        Some(snapshot::routes(self.snapshots.clone()).merge(whep::routes(self.whep.clone())))
+        let routes =
+            snapshot::routes(self.snapshots.clone()).merge(whep::routes(self.whep.clone()));
+        Some(match &self.mjpeg {
+            Some(m) => routes.merge(mjpeg::routes(m.clone())),
+            None => routes,
+        })
     }
 }
 
@@ -813,18 +832,21 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         let tls = tls_for(&config).await?;
         let listener = bind(&config.server.listen).await?;
         warn_if_clear(&listener, tls.is_some(), false);
+        let snapshots = Arc::new(Snapshots::new(
+            media.clone(),
+            consumers.clone(),
+            viewer_access.clone(),
+            settings.encode.framerate,
+            SNAPSHOT_TIMEOUT,
+        ));
         let observer = Arc::new(CameraObserver {
             media: media.clone(),
             camera: camera_state.clone(),
             stall: config.camera.stall_timeout,
             demand: demand_rx.clone(),
-            snapshots: Arc::new(Snapshots::new(
-                media.clone(),
-                consumers.clone(),
-                viewer_access.clone(),
-                settings.encode.framerate,
-                SNAPSHOT_TIMEOUT,
-            )),
+            mjpeg: (config.camera.mjpeg_fps > 0)
+                .then(|| Arc::new(Mjpeg::new(snapshots.clone(), config.camera.mjpeg_fps))),
+            snapshots,
             whep: Arc::new(Whep::new(
                 viewer_access,
                 calls_tx.clone(),

@@ -3,5 +3,6 @@
 //! demand while it works.
 
 pub mod access;
+pub mod mjpeg;
 pub mod snapshot;
 pub mod whep;

@@ -94,6 +94,22 @@ impl Snapshots {
             .unwrap_or(0)
     }
 
+    /// The room's access rule these pictures are under.
+    pub fn access(&self) -> &ViewerAccess {
+        &self.access
+    }
+
+    /// Whether the camera has raw pictures to make JPEGs of (not when its own H.264 is passed
+    /// through).
+    pub fn has_pictures(&self) -> bool {
+        self.media.snapshots.is_some()
+    }
+
+    /// A share of capture demand (an idle on-demand camera starts for it).
+    pub fn demand_guard(&self) -> crate::media::bus::DemandGuard {
+        self.demand.guard()
+    }
+
     /// The current picture as a JPEG: a recent one, the one being made, or a new one.
     pub async fn take(self: &Arc<Self>) -> Result<Arc<EncodedFrame>, SnapshotError> {
         if self.media.snapshots.is_none() {
