@@ -13,7 +13,7 @@ runtime=(gstreamer1.0-plugins-base gstreamer1.0-x gstreamer1.0-plugins-good gstr
          gstreamer1.0-plugins-ugly gstreamer1.0-alsa gstreamer1.0-tools)
 # libcamerasrc for CSI cameras exists on Debian 12 and Raspberry Pi OS; skip where absent.
 optional=(gstreamer1.0-libcamera)
-testing=(chromium firefox-esr iproute2 procps coturn iptables systemd curl ca-certificates)
+testing=(chromium firefox-esr iproute2 procps coturn iptables systemd)
 benching=(python3-gi gir1.2-gst-plugins-bad-1.0 gir1.2-gst-plugins-base-1.0 gstreamer1.0-nice)
 
 pkgs=("${build[@]}" "${runtime[@]}")
@@ -41,6 +41,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
   if [ "${#have[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${have[@]}" >&2
   fi
+fi
+
+# The WHEP interop test fetches a JavaScript WHEP client with npm (a Node.js that came with the
+# machine brings its own npm; Debian's is the package npm).
+if { [ "$what" = test ] || [ "$what" = bench ]; } && ! command -v npm >/dev/null 2>&1; then
+  echo "setup: installing npm" >&2
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends npm >&2
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

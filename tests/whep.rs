@@ -109,7 +109,10 @@ fn medooze_whep_js() -> String {
             .output()
             .expect("sha256sum runs");
         let sum = String::from_utf8_lossy(&sum.stdout);
-        assert!(sum.starts_with(SHA256), "{PACKAGE} is not the package expected: {sum}");
+        assert!(
+            sum.starts_with(SHA256),
+            "{PACKAGE} is not the package expected: {sum}"
+        );
         let ok = std::process::Command::new("tar")
             .arg("xzf")
             .arg(&tgz)
