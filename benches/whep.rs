@@ -14,8 +14,8 @@ mod common;
 #[path = "support/procstat.rs"]
 mod procstat;
 
-use common::whep::{DECODED_JS, open_and_delete_js, play_js};
-use common::{Browser, base_of, http_get, start_camera, ws_of};
+use common::whep::{DECODED_JS, open_and_delete_js, play_js, room_parts};
+use common::{Browser, http_get, start_camera};
 use procstat::{cpu_percent, cpu_ticks, status_kb};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -53,14 +53,7 @@ async fn main() {
     }
     let (cam, url) = start_camera(&[], &[("CAMPEER__CAMERA__MAX_VIEWERS", "32")]);
     let pid = cam.pid();
-    let base = base_of(&url);
-    let token = ws_of(&url).1.expect("the room URL carries a viewer token");
-    let room = url
-        .split("/room/")
-        .nth(1)
-        .and_then(|r| r.split('?').next())
-        .expect("a room name")
-        .to_owned();
+    let (base, room, token) = room_parts(&url);
     let whep = format!("/whep/{room}");
     let browser = Browser::launch();
     let mut failed = false;

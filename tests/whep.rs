@@ -4,7 +4,7 @@
 //! every refusal a player can meet comes with the status WHEP clients expect.
 
 mod common;
-use common::whep::{DECODED_JS, play_js, request};
+use common::whep::{DECODED_JS, play_js, request, room_parts};
 use common::*;
 use serde_json::Value;
 use std::time::Duration;
@@ -19,15 +19,7 @@ fn viewers_in_metrics(metrics: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_trickle_player_decodes_and_delete_ends_its_session() {
     let (mut cam, url) = start_camera(&[], &[]);
-    let base = base_of(&url);
-    let (_, token) = ws_of(&url);
-    let token = token.expect("the room URL carries a viewer token");
-    let room = url
-        .split("/room/")
-        .nth(1)
-        .and_then(|r| r.split('?').next())
-        .expect("a room name")
-        .to_owned();
+    let (base, room, token) = room_parts(&url);
 
     let browser = Browser::launch();
     // A page of the server's own origin that does not join the room itself.
@@ -129,15 +121,7 @@ fn medooze_whep_js() -> String {
 async fn medoozes_whep_client_trickles_by_patch_and_decodes() {
     let client = medooze_whep_js();
     let (_cam, url) = start_camera(&[], &[]);
-    let base = base_of(&url);
-    let (_, token) = ws_of(&url);
-    let token = token.expect("the room URL carries a viewer token");
-    let room = url
-        .split("/room/")
-        .nth(1)
-        .and_then(|r| r.split('?').next())
-        .expect("a room name")
-        .to_owned();
+    let (base, room, token) = room_parts(&url);
 
     let browser = Browser::launch();
     let mut page = browser.open(&format!("{base}/healthz")).await;
@@ -222,15 +206,7 @@ async fn every_refusal_has_the_status_players_expect() {
             ("CAMPEER__VIDEO__HEIGHT", "240"),
         ],
     );
-    let base = base_of(&url);
-    let (_, token) = ws_of(&url);
-    let token = token.expect("the room URL carries a viewer token");
-    let room = url
-        .split("/room/")
-        .nth(1)
-        .and_then(|r| r.split('?').next())
-        .expect("a room name")
-        .to_owned();
+    let (base, room, token) = room_parts(&url);
     let post = |path: String, extra: String, ctype: &'static str, body: &'static str| {
         let base = base.clone();
         async move {

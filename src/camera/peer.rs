@@ -569,13 +569,7 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
             .await?;
         let answer = pc.create_answer(None).await?;
         pc.set_local_description(answer).await?;
-        Ok(stream_level(
-            pc.local_description()
-                .await
-                .map(|d| d.sdp)
-                .unwrap_or_default(),
-            h264_id.as_deref(),
-        ))
+        Ok(described_answer(&*pc, h264_id.as_deref()).await)
     }
     .await;
     let answer_sdp = match result {
@@ -702,15 +696,20 @@ impl AnswerSource {
                 .wait_for(|s| *s == RTCIceGatheringState::Complete),
         )
         .await;
-        stream_level(
-            self.pc
-                .local_description()
-                .await
-                .map(|d| d.sdp)
-                .unwrap_or_default(),
-            self.h264_id.as_deref(),
-        )
+        described_answer(&*self.pc, self.h264_id.as_deref()).await
     }
+}
+
+/// The local description as sent to the viewer: the stream's own H.264 level stated (see
+/// [`stream_level`]), candidates gathered so far included.
+async fn described_answer(pc: &dyn PeerConnection, h264_id: Option<&str>) -> String {
+    stream_level(
+        pc.local_description()
+            .await
+            .map(|d| d.sdp)
+            .unwrap_or_default(),
+        h264_id,
+    )
 }
 
 impl Peer {
@@ -732,14 +731,7 @@ pub async fn reoffer(peer: &Peer, offer: String) -> Result<String, PeerError> {
         .await?;
     let answer = peer.pc.create_answer(None).await?;
     peer.pc.set_local_description(answer).await?;
-    Ok(stream_level(
-        peer.pc
-            .local_description()
-            .await
-            .map(|d| d.sdp)
-            .unwrap_or_default(),
-        peer.h264_id.as_deref(),
-    ))
+    Ok(described_answer(&*peer.pc, peer.h264_id.as_deref()).await)
 }
 
 /// The answer text with the stream's own `profile-level-id` (`id`) on its H.264 format:

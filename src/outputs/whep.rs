@@ -314,6 +314,52 @@ fn sdpfrag_candidates(frag: &str) -> Vec<IceCandidate> {
     out
 }
 
+/// 404 unless `session` names one of this room's sessions as campeer makes them.
+fn unknown_session(whep: &Whep, room: &str, session: &str) -> Option<Response> {
+    (room != whep.access.room() || !valid_session(session))
+        .then(|| plain(StatusCode::NOT_FOUND, "no such WHEP session"))
+}
+
+/// Send the camera `command` made with a reply channel; `done` when it knew the session.
+async fn ask_camera(
+    whep: &Whep,
+    command: impl FnOnce(oneshot::Sender<bool>) -> CallCommand,
+    done: StatusCode,
+) -> Response {
+    let (reply, known) = oneshot::channel();
+    if whep.calls.send(command(reply)).await.is_err() {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "the camera is stopping");
+    }
+    match known.await {
+        Ok(true) => done.into_response(),
+        _ => plain(StatusCode::NOT_FOUND, "no such WHEP session (it ended)"),
+    }
+}
+
+/// Why a trickle request is not taken, if it is not.
+fn trickle_refusal(headers: &HeaderMap, session: &str) -> Option<Response> {
+    if !content_type_is(headers, SDPFRAG) {
+        return Some(plain(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "trickled candidates are an application/trickle-ice-sdpfrag",
+        ));
+    }
+    let tag = headers.get(header::IF_MATCH)?.to_str().unwrap_or("").trim();
+    if tag == "*" {
+        // An ICE restart (the draft's `If-Match: *`): players take 501 and start over.
+        return Some(plain(
+            StatusCode::NOT_IMPLEMENTED,
+            "ICE restart is not supported; end this session and start a new one",
+        ));
+    }
+    (tag != etag(session)).then(|| {
+        plain(
+            StatusCode::PRECONDITION_FAILED,
+            "that is not this session's ETag",
+        )
+    })
+}
+
 async fn trickle(
     State(whep): State<Arc<Whep>>,
     Path((room, session)): Path<(String, String)>,
@@ -324,45 +370,21 @@ async fn trickle(
         Ok(o) => o,
         Err(refused) => return refused,
     };
-    let res = async {
-        if room != whep.access.room() || !valid_session(&session) {
-            return plain(StatusCode::NOT_FOUND, "no such WHEP session");
-        }
-        if !content_type_is(&headers, SDPFRAG) {
-            return plain(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "trickled candidates are an application/trickle-ice-sdpfrag",
-            );
-        }
-        if let Some(tag) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
-            if tag.trim() == "*" {
-                // An ICE restart (the draft's `If-Match: *`): players take 501 and start over.
-                return plain(
-                    StatusCode::NOT_IMPLEMENTED,
-                    "ICE restart is not supported; end this session and start a new one",
-                );
-            }
-            if tag.trim() != etag(&session) {
-                return plain(
-                    StatusCode::PRECONDITION_FAILED,
-                    "that is not this session's ETag",
-                );
-            }
-        }
-        let (reply, known) = oneshot::channel();
-        let cmd = CallCommand::Candidates {
-            session,
-            candidates: sdpfrag_candidates(&body),
-            reply,
-        };
-        if whep.calls.send(cmd).await.is_err() {
-            return plain(StatusCode::SERVICE_UNAVAILABLE, "the camera is stopping");
-        }
-        match known.await {
-            Ok(true) => StatusCode::NO_CONTENT.into_response(),
-            _ => plain(StatusCode::NOT_FOUND, "no such WHEP session (it ended)"),
-        }
+    if let Some(refused) =
+        unknown_session(&whep, &room, &session).or_else(|| trickle_refusal(&headers, &session))
+    {
+        return with_cors(refused, origin);
     }
+    let candidates = sdpfrag_candidates(&body);
+    let res = ask_camera(
+        &whep,
+        |reply| CallCommand::Candidates {
+            session,
+            candidates,
+            reply,
+        },
+        StatusCode::NO_CONTENT,
+    )
     .await;
     with_cors(res, origin)
 }
@@ -376,24 +398,14 @@ async fn end(
         Ok(o) => o,
         Err(refused) => return refused,
     };
-    let res = async {
-        if room != whep.access.room() || !valid_session(&session) {
-            return plain(StatusCode::NOT_FOUND, "no such WHEP session");
-        }
-        let (reply, known) = oneshot::channel();
-        if whep
-            .calls
-            .send(CallCommand::End { session, reply })
-            .await
-            .is_err()
-        {
-            return plain(StatusCode::SERVICE_UNAVAILABLE, "the camera is stopping");
-        }
-        match known.await {
-            Ok(true) => StatusCode::OK.into_response(),
-            _ => plain(StatusCode::NOT_FOUND, "no such WHEP session (it ended)"),
-        }
+    if let Some(refused) = unknown_session(&whep, &room, &session) {
+        return with_cors(refused, origin);
     }
+    let res = ask_camera(
+        &whep,
+        |reply| CallCommand::End { session, reply },
+        StatusCode::OK,
+    )
     .await;
     with_cors(res, origin)
 }

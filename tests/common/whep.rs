@@ -86,3 +86,19 @@ pub fn open_and_delete_js(path: &str, token: &str) -> String {
         play = play_js(path, token)
     )
 }
+
+/// The base address, the room and its viewer token of the room URL `campeer run` printed
+/// (`http://host:port/room/<room>?token=…`).
+pub fn room_parts(url: &str) -> (String, String, String) {
+    let base = super::base_of(url);
+    let token = super::ws_of(url)
+        .1
+        .expect("the room URL carries a viewer token");
+    let room = url
+        .split("/room/")
+        .nth(1)
+        .and_then(|r| r.split('?').next())
+        .expect("a room name")
+        .to_owned();
+    (base, room, token)
+}
