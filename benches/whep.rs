@@ -5,7 +5,8 @@
 //! - campeer's CPU (% of one core over 10 s, after 5 s to settle), RSS, and its upload (the
 //!   bytes the players received, summed) with 1, 10 and 25 players;
 //! - churn: 100 sessions opened, played until connected and DELETEd, one after another; the
-//!   viewer count must be back to 0 and RSS back within 16 MB of where it was.
+//!   viewer count must be back to 0 and RSS back within 16 MB of where it was;
+//! - campeer's CPU with one WHEP player, then with 3 `<img>` tabs on `/mjpeg` besides.
 //!
 //! Exits 1 when a player does not connect, or churn leaves sessions or memory behind.
 
@@ -32,6 +33,14 @@ fn viewers(metrics: &str) -> usize {
         .lines()
         .filter(|l| l.starts_with("campeer_viewer_frames_sent_total{"))
         .count()
+}
+
+fn mjpeg_frames(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("campeer_mjpeg_frames_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Bytes received by every player, and how many are connected.
@@ -120,6 +129,38 @@ async fn main() {
         after - before
     );
     failed |= bad > 0 || left != 0 || after - before > CHURN_RSS_BOUND_MB;
+
+    println!(
+        "MJPEG beside WebRTC (one WHEP player, then 3 <img> tabs on /mjpeg at 10 pictures a second):"
+    );
+    let mut player = browser.open(&format!("{base}/healthz")).await;
+    let r = player.eval(&play_js(&whep, &token)).await;
+    failed |= !r.as_str().unwrap_or_default().contains("\"status\":201");
+    let cpu_over = |secs: u64| async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (t0, c0) = (Instant::now(), cpu_ticks(Some(pid)));
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        cpu_percent(
+            cpu_ticks(Some(pid)).saturating_sub(c0),
+            t0.elapsed().as_secs_f64(),
+        )
+    };
+    let webrtc_only = cpu_over(10).await;
+    let mut imgs = Vec::new();
+    for _ in 0..3 {
+        let mut p = browser.open(&format!("{base}/healthz")).await;
+        p.eval(&format!(
+            "document.body.innerHTML = '<img src=\"/mjpeg?token={token}\">'; 'ok'"
+        ))
+        .await;
+        imgs.push(p);
+    }
+    let frames0 = mjpeg_frames(&http_get(&base, "/metrics").await.1);
+    let with_mjpeg = cpu_over(10).await;
+    let frames = mjpeg_frames(&http_get(&base, "/metrics").await.1) - frames0;
+    println!(
+        "  WebRTC only: campeer CPU {webrtc_only:>5.1} % of a core; with 3 MJPEG clients: {with_mjpeg:>5.1} % ({frames} JPEGs made in ~15 s, shared by the 3)"
+    );
     drop(cam);
     if failed {
         println!("whep bench: a target was missed");
