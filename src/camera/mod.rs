@@ -3,7 +3,8 @@
 //! trickles ICE both ways, and cleans viewers up when they leave, close or fail.
 //!
 //! One task owns the signaling connection and every viewer's [`peer::Peer`]; webrtc-rs callbacks
-//! reach it only through a channel. The camera pings the server every 5 s and treats 15 s of
+//! reach it only through a channel, and so do calls from outside the room (WHEP players,
+//! [`CallCommand`]), which become viewers like any other, answered with every candidate. The camera pings the server every 5 s and treats 15 s of
 //! silence as a lost connection (a cut link leaves TCP hanging for minutes otherwise). A lost
 //! connection is retried with jittered exponential backoff: capped at 1 s for the first minute
 //! (so a camera is back within about a second of its link returning), then at 10 s. Each
