@@ -30,7 +30,8 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 pub struct Mjpeg {
     snapshots: Arc<Snapshots>,
     interval: Duration,
-    latest: watch::Sender<Option<Arc<EncodedFrame>>>,
+    /// The newest picture as a whole multipart part, made once for every client.
+    latest: watch::Sender<Option<Bytes>>,
     producing: AtomicBool,
     /// JPEGs published to the clients.
     pub frames: AtomicU64,
@@ -54,7 +55,7 @@ impl Mjpeg {
     }
 
     /// A client's view of the newest picture; starts the producer if it is not running.
-    fn subscribe(self: &Arc<Self>) -> watch::Receiver<Option<Arc<EncodedFrame>>> {
+    fn subscribe(self: &Arc<Self>) -> watch::Receiver<Option<Bytes>> {
         let rx = self.latest.subscribe();
         if !self.producing.swap(true, Ordering::AcqRel) {
             tokio::spawn(self.clone().produce());
@@ -79,7 +80,7 @@ impl Mjpeg {
             match self.snapshots.take().await {
                 Ok(jpeg) => {
                     self.frames.fetch_add(1, Ordering::Relaxed);
-                    self.latest.send_replace(Some(jpeg));
+                    self.latest.send_replace(Some(part(&jpeg)));
                     tokio::time::sleep_until(started + self.interval).await;
                 }
                 Err(e) => {
@@ -149,9 +150,9 @@ async fn stream(
     let parts = futures_util::stream::unfold(rx, |mut rx| async move {
         loop {
             rx.changed().await.ok()?;
-            let jpeg = rx.borrow_and_update().clone();
-            if let Some(jpeg) = jpeg {
-                return Some((Ok::<_, std::convert::Infallible>(part(&jpeg)), rx));
+            let part = rx.borrow_and_update().clone();
+            if let Some(part) = part {
+                return Some((Ok::<_, std::convert::Infallible>(part), rx));
             }
         }
     });
