@@ -718,6 +718,21 @@ impl MediaPipeline {
         }
     }
 
+    /// The caps the appsink called `name` (`video`, `audio`) takes now: what an output that
+    /// muxes the encoded stream (a recording) declares for it. `None` before it has
+    /// negotiated, or when there is no such sink.
+    pub fn sink_caps(&self, name: &str) -> Option<gst::Caps> {
+        self.pipeline
+            .by_name(name)?
+            .static_pad("sink")?
+            .current_caps()
+    }
+
+    /// Configured frame rate.
+    pub fn framerate(&self) -> u32 {
+        self.encode.framerate
+    }
+
     /// The SPS that went out since the last start, if one has.
     pub fn sent_sps(&self) -> Option<SpsProfile> {
         self.sps.lock().ok().and_then(|s| *s)
@@ -992,10 +1007,18 @@ fn install_sink(
                     return Ok(gst::FlowSuccess::Ok);
                 };
                 let keyframe = !video || !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+                // Running time, so audio and video compare (encoders such as x264enc shift
+                // their timestamps and segment by 1000 hours; the running time is the same).
+                let running = buffer.pts().map(|pts| {
+                    sample
+                        .segment()
+                        .and_then(|seg| seg.downcast_ref::<gst::ClockTime>())
+                        .and_then(|seg| seg.to_running_time(pts))
+                        .unwrap_or(pts)
+                });
                 let frame = EncodedFrame {
                     data: Bytes::copy_from_slice(map.as_slice()),
-                    pts: buffer
-                        .pts()
+                    pts: running
                         .map(|t| Duration::from_nanos(t.nseconds()))
                         .unwrap_or_default(),
                     duration: buffer
