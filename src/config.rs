@@ -59,6 +59,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// STUN/TURN servers for the camera and the viewers.
     pub ice: IceConfig,
+    /// Recording to disk.
+    pub record: RecordConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -361,6 +363,39 @@ pub enum TransportPolicy {
     Relay,
 }
 
+/// `[record]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RecordConfig {
+    /// Record from start-up (`POST /recordings/start` and `/stop` switch it at run time).
+    pub enabled: bool,
+    /// The directory segments are written to (created when missing).
+    pub path: std::path::PathBuf,
+    /// A segment is closed at the first keyframe after this long.
+    #[serde(deserialize_with = "de_duration")]
+    pub segment: Duration,
+    /// Segments last written longer ago than this are deleted (`0s`: kept whatever their age).
+    #[serde(deserialize_with = "de_duration")]
+    pub keep: Duration,
+    /// The oldest segments are deleted while all of them together take more (0: no cap).
+    pub max_disk_mb: u64,
+    /// The oldest segments are deleted while the file system has less free space than this.
+    pub min_free_mb: u64,
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            path: "/var/lib/campeer/recordings".into(),
+            segment: Duration::from_secs(60),
+            keep: Duration::from_secs(7 * 24 * 3600),
+            max_disk_mb: 0,
+            min_free_mb: 256,
+        }
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -622,6 +657,17 @@ impl Config {
                     format!("{n:?} (expected \"*\" or a DNS name without scheme or port)"),
                 );
             }
+        }
+        if self.record.segment < Duration::from_secs(2)
+            || self.record.segment > Duration::from_secs(3600)
+        {
+            return bad(
+                "record.segment",
+                format!("{:?} (expected 2s-1h)", self.record.segment),
+            );
+        }
+        if self.record.path.as_os_str().is_empty() {
+            return bad("record.path", "empty (a directory for the segments)".into());
         }
         if self.server.max_connections_per_address == 0 {
             return bad(

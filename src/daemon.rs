@@ -15,6 +15,7 @@ use crate::media::source::{AudioSource, VideoSource};
 use crate::notify;
 use crate::outputs::access::ViewerAccess;
 use crate::outputs::mjpeg::{self, Mjpeg};
+use crate::outputs::record::{self, Recorder, http::Recordings};
 use crate::outputs::snapshot::{self, Snapshots};
 use crate::outputs::whep::{self, Whep};
 use crate::signal::admission::Admission;
@@ -325,6 +326,8 @@ struct CameraObserver {
     whep: Arc<Whep>,
     /// `/mjpeg`, unless `camera.mjpeg-fps = 0`.
     mjpeg: Option<Arc<Mjpeg>>,
+    /// `/recordings`.
+    recordings: Arc<Recordings>,
 }
 
 impl Observer for CameraObserver {
@@ -337,6 +340,12 @@ impl Observer for CameraObserver {
                 "the camera has not been in its room for {:.0} s: new viewers cannot call it",
                 out.as_secs_f64()
             ));
+        }
+        let recorder = &self.recordings.recorder;
+        if recorder.wanted()
+            && let Some(why) = recorder.failing()
+        {
+            return Err(format!("recording cannot write: {why}"));
         }
         if !*self.demand.borrow() {
             return Ok(()); // capture is off on purpose: no viewers
@@ -456,6 +465,21 @@ campeer_mjpeg_frames_total {}
                 m.frames.load(Ordering::Relaxed),
             ));
         }
+        let rec = &self.recordings.recorder;
+        out.push_str(&format!(
+            "# TYPE campeer_recording gauge\ncampeer_recording {}\n\
+             # TYPE campeer_recording_failing gauge\ncampeer_recording_failing {}\n\
+             # TYPE campeer_recording_segments_total counter\ncampeer_recording_segments_total {}\n\
+             # TYPE campeer_recording_video_bytes_total counter\ncampeer_recording_video_bytes_total {}\n\
+             # TYPE campeer_recording_deleted_total counter\ncampeer_recording_deleted_total {}\n\
+             # TYPE campeer_recording_errors_total counter\ncampeer_recording_errors_total {}\n",
+            u8::from(rec.wanted() && rec.current().is_some()),
+            u8::from(rec.wanted() && rec.failing().is_some()),
+            rec.segments.load(Ordering::Relaxed),
+            rec.bytes.load(Ordering::Relaxed),
+            rec.deleted.load(Ordering::Relaxed),
+            rec.errors.load(Ordering::Relaxed),
+        ));
         if let Some(vp8) = &self.media.vp8 {
             out.push_str(&format!(
                 "# TYPE campeer_vp8_frames_encoded_total counter\ncampeer_vp8_frames_encoded_total {}\n\
@@ -505,8 +529,9 @@ campeer_mjpeg_frames_total {}
     }
 
     fn routes(&self) -> Option<axum::Router> {
-        let routes =
-            snapshot::routes(self.snapshots.clone()).merge(whep::routes(self.whep.clone()));
+        let routes = snapshot::routes(self.snapshots.clone())
+            .merge(whep::routes(self.whep.clone()))
+            .merge(record::http::routes(self.recordings.clone()));
         Some(match &self.mjpeg {
             Some(m) => routes.merge(mjpeg::routes(m.clone())),
             None => routes,
@@ -810,6 +835,14 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         );
     }
 
+    let recorder = Arc::new(Recorder::new(&config.record));
+    tasks.spawn(record::run(
+        recorder.clone(),
+        media.clone(),
+        consumers.clone(),
+        shutdown.clone(),
+    ));
+
     let camera_state = Arc::new(CameraState::default());
     let embedded = config.camera.signal_url.is_empty();
     // Calls from outside the room (WHEP) reach the camera task through this.
@@ -847,6 +880,10 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
             mjpeg: (config.camera.mjpeg_fps > 0)
                 .then(|| Arc::new(Mjpeg::new(snapshots.clone(), config.camera.mjpeg_fps))),
             snapshots,
+            recordings: Arc::new(Recordings {
+                recorder: recorder.clone(),
+                access: viewer_access.clone(),
+            }),
             whep: Arc::new(Whep::new(
                 viewer_access,
                 calls_tx.clone(),

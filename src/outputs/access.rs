@@ -36,6 +36,12 @@ pub enum AccessRefusal {
     /// A valid token, but for another room or role.
     #[error("{0}")]
     Forbidden(String),
+    /// A control request (start or stop recording) came without the room's camera token;
+    /// open rooms need one too.
+    #[error(
+        "controlling room {0:?} needs its camera token (campeer token --room ROOM --role camera) as Authorization: Bearer <token>"
+    )]
+    OperatorRequired(String),
 }
 
 impl AccessRefusal {
@@ -126,6 +132,26 @@ impl ViewerAccess {
         }
     }
 
+    /// The operator's rule, for requests that change what the camera does (start or stop a
+    /// recording): a camera token of the room as a bearer token, open room or not. A viewer
+    /// token is refused (403): watching is not controlling.
+    pub fn check_operator(
+        &self,
+        headers: &HeaderMap,
+        now: SystemTime,
+    ) -> Result<(), AccessRefusal> {
+        let Some(token) = bearer(headers).filter(|t| !t.is_empty()) else {
+            return Err(AccessRefusal::OperatorRequired(self.room.clone()));
+        };
+        match self.access.key.verify(token, &self.room, Role::Camera, now) {
+            Ok(_) => Ok(()),
+            Err(e @ (TokenError::WrongRoom(_) | TokenError::WrongRole(_))) => {
+                Err(AccessRefusal::Forbidden(e.to_string()))
+            }
+            Err(e) => Err(AccessRefusal::BadToken(e.to_string())),
+        }
+    }
+
     /// The rule applied to an HTTP request: its bearer token (or `query_token`), and the Host
     /// it named on a connection `admitted` says is or is not encrypted.
     pub fn check_request(
@@ -174,6 +200,43 @@ mod tests {
             "cam".into(),
             Arc::from(Vec::new()),
         )
+    }
+
+    #[test]
+    fn control_needs_the_rooms_camera_token_even_in_an_open_room() {
+        let key = TokenKey::new(b"test-secret".to_vec());
+        let now = SystemTime::now();
+        let with = |t: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
+            );
+            h
+        };
+        for open in [false, true] {
+            let r = rule(open);
+            assert_eq!(
+                r.check_operator(&HeaderMap::new(), now),
+                Err(AccessRefusal::OperatorRequired("cam".into()))
+            );
+            let viewer = key.sign("cam", Role::Viewer, Duration::from_secs(60), now);
+            assert!(matches!(
+                r.check_operator(&with(&viewer), now),
+                Err(AccessRefusal::Forbidden(_))
+            ));
+            let other = key.sign("garden", Role::Camera, Duration::from_secs(60), now);
+            assert!(matches!(
+                r.check_operator(&with(&other), now),
+                Err(AccessRefusal::Forbidden(_))
+            ));
+            let camera = key.sign("cam", Role::Camera, Duration::from_secs(60), now);
+            assert_eq!(r.check_operator(&with(&camera), now), Ok(()));
+            assert!(matches!(
+                r.check_operator(&with("v1.forged.sig"), now),
+                Err(AccessRefusal::BadToken(_))
+            ));
+        }
     }
 
     #[test]

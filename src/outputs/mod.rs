@@ -4,5 +4,6 @@
 
 pub mod access;
 pub mod mjpeg;
+pub mod record;
 pub mod snapshot;
 pub mod whep;
