@@ -278,6 +278,52 @@
     };
   }
 
+  // Recordings of this room's camera, when its daemon records (GET /recordings; 404 when this
+  // server has none for the room). <video> cannot send a header, so files carry ?token=.
+  function withToken(url, extra) {
+    const q = new URLSearchParams(extra || {});
+    if (token) q.set('token', token);
+    const qs = q.toString();
+    return qs ? url + '?' + qs : url;
+  }
+  async function loadRecordings() {
+    let listing;
+    try {
+      const res = await fetch(withToken('/recordings', { room }), { cache: 'no-store' });
+      if (!res.ok) return;
+      listing = await res.json();
+    } catch (_) { return; }
+    $('recordings').hidden = false;
+    $('rec-state').textContent = listing.failing
+      ? '· cannot write: ' + listing.failing
+      : (listing.recording ? '· recording' : '· not recording');
+    const list = $('rec-list');
+    list.replaceChildren();
+    for (const seg of listing.segments) {
+      const li = document.createElement('li');
+      const play = document.createElement('button');
+      play.type = 'button';
+      play.className = 'rec-play';
+      play.textContent = new Date(seg.start).toLocaleString();
+      play.addEventListener('click', () => {
+        const v = $('rec-player');
+        v.hidden = false;
+        v.src = withToken(seg.url);
+        v.play().catch(() => {});
+      });
+      const size = document.createElement('span');
+      size.className = 'status';
+      size.textContent = (seg.bytes / 1e6).toFixed(1) + ' MB' + (seg.open ? ' · being recorded' : '');
+      const dl = document.createElement('a');
+      dl.href = withToken(seg.url, { download: '1' });
+      dl.textContent = 'download';
+      li.append(play, size, dl);
+      list.append(li);
+    }
+  }
+
   updateEmpty();
   connect();
+  loadRecordings();
+  setInterval(loadRecordings, 30000);
 })();
