@@ -101,25 +101,6 @@ fn decode_jpeg(jpeg: &[u8]) -> Picture {
     Picture { width, height, rgb }
 }
 
-fn camera_token(cam: &Campeer) -> String {
-    let out = std::process::Command::new(bin())
-        .args([
-            "token", "--room", "camera", "--role", "camera", "--ttl", "1h",
-        ])
-        .env(
-            "CAMPEER__SERVER__SECRET_FILE",
-            format!("\"{}\"", cam.dir.path().join("secret").display()),
-        )
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_token_gets_the_current_picture_and_others_a_clear_refusal() {
     let (cam, url) = start_camera(
@@ -169,7 +150,7 @@ async fn a_viewer_token_gets_the_current_picture_and_others_a_clear_refusal() {
     assert!(String::from_utf8_lossy(&reply.body).contains("signature"));
     let reply = get(
         &base,
-        &format!("/snapshot.jpg?token={}", camera_token(&cam)),
+        &format!("/snapshot.jpg?token={}", cam.token("camera", "camera")),
         "",
     )
     .await;

@@ -5,6 +5,7 @@
 pub mod firefox;
 pub mod impair;
 pub mod loopback;
+pub mod mp4;
 pub mod netns;
 pub mod playback;
 pub mod rtc_viewer;
@@ -161,6 +162,25 @@ impl Campeer {
             err,
             dir,
         }
+    }
+
+    /// A token for `room` in `role` from this daemon's secret (`campeer token`), valid 1 h.
+    pub fn token(&self, room: &str, role: &str) -> String {
+        let out = Command::new(bin())
+            .args(["token", "--room", room, "--role", role, "--ttl", "1h"])
+            .env(
+                "CAMPEER__SERVER__SECRET_FILE",
+                format!("\"{}\"", self.dir.path().join("secret").display()),
+            )
+            .env_remove("CAMPEER_CONFIG")
+            .output()
+            .expect("run campeer token");
+        assert!(
+            out.status.success(),
+            "campeer token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     /// Wait for a stdout line containing `needle`; panics with the logs after `timeout`.
@@ -595,6 +615,14 @@ pub async fn http_get_with(base: &str, path: &str, headers: &[&str]) -> (u16, St
     s.read_to_end(&mut buf).await.expect("read response");
     let text = String::from_utf8_lossy(&buf).into_owned();
     (status_of(&text), text)
+}
+
+/// The value of the unlabelled metric `name` in a `/metrics` text.
+pub fn metric_value(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The status code of a whole HTTP response text (0 when there is none).
