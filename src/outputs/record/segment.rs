@@ -2,7 +2,9 @@
 //! H.264 from the media bus, and the Opus audio) → `mp4mux` in fragmented mode → `filesink`.
 //! A fragment goes to disk every half second, unbuffered and with `O_SYNC`, so a crash loses at
 //! most the fragment being gathered. Its own pipeline keeps a write error (a full disk) away
-//! from the live one.
+//! from the live one. Its elements' names start with `rec`, and so do its streaming threads'
+//! names (`recv:src`, `recvq:src`, …): `top -H` and the recording benchmark tell its cost
+//! apart.
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -53,16 +55,16 @@ impl SegmentWriter {
     ) -> Result<SegmentWriter, SegmentError> {
         let build = |e: &dyn std::fmt::Display| SegmentError::Build(e.to_string());
         let mut desc = format!(
-            "appsrc name=v format=time max-bytes=0 ! h264parse ! queue max-size-buffers=0 \
-             max-size-bytes=0 max-size-time=0 ! mux.video_0 \
-             mp4mux name=mux fragment-duration={} ! \
+            "appsrc name=recv format=time max-bytes=0 ! h264parse ! queue name=recvq \
+             max-size-buffers=0 max-size-bytes=0 max-size-time=0 ! recmux.video_0 \
+             mp4mux name=recmux fragment-duration={} ! \
              filesink name=file buffer-mode=unbuffered o-sync=true async=false",
             FRAGMENT.as_millis()
         );
         if audio_caps.is_some() {
             desc.push_str(
-                "  appsrc name=a format=time max-bytes=0 ! queue max-size-buffers=0 \
-                 max-size-bytes=0 max-size-time=0 ! mux.audio_0",
+                "  appsrc name=reca format=time max-bytes=0 ! queue name=recaq \
+                 max-size-buffers=0 max-size-bytes=0 max-size-time=0 ! recmux.audio_0",
             );
         }
         let pipeline = gst::parse::launch(&desc)
@@ -75,11 +77,11 @@ impl SegmentWriter {
                 .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
                 .ok_or_else(|| SegmentError::Build(format!("appsrc {name} missing")))
         };
-        let video = src("v")?;
+        let video = src("recv")?;
         video.set_caps(Some(video_caps));
         let audio = match audio_caps {
             Some(caps) => {
-                let a = src("a")?;
+                let a = src("reca")?;
                 a.set_caps(Some(caps));
                 Some(a)
             }
