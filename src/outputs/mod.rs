@@ -3,6 +3,7 @@
 //! demand while it works.
 
 pub mod access;
+pub mod feed;
 pub mod mjpeg;
 pub mod record;
 pub mod snapshot;

@@ -3,7 +3,8 @@
 //!
 //! Owns the recorder task ([`run`]): while recording is wanted it holds a share of capture
 //! demand (recording keeps the camera on), takes the main H.264 rendition and the Opus audio
-//! from the media bus, and writes them into a segment ([`segment::SegmentWriter`]) that is
+//! from the media bus, and writes them into a segment ([`segment::SegmentWriter`], a
+//! [`crate::outputs::feed::Feed`]) that is
 //! closed at the first keyframe after `record.segment`. Capture restarting (its clock starts
 //! again) closes the segment too. A write error (full disk, unwritable path) ends the segment,
 //! is logged once, shows in `/healthz` and `/metrics`, and recording tries again every few
@@ -275,7 +276,7 @@ async fn record(
                 let jumped = last_pts.is_some_and(|p| f.pts < p || f.pts > p + GAP);
                 last_pts = Some(f.pts);
                 let due = seg.as_ref().is_some_and(|s| {
-                    f.keyframe && f.pts.saturating_sub(s.writer.base()) >= recorder.segment
+                    f.keyframe && f.pts.saturating_sub(s.writer.feed.base()) >= recorder.segment
                 });
                 if jumped || due {
                     close(recorder, seg.take()).await;
@@ -304,7 +305,7 @@ async fn record(
                     }
                 }
                 let Some(s) = seg.as_mut() else { continue };
-                match s.writer.push_video(&f) {
+                match s.writer.feed.push_video(&f) {
                     Ok(()) => {
                         recorder.bytes.fetch_add(f.data.len() as u64, Ordering::Relaxed);
                         if s.opened.elapsed() > HEALTHY_AFTER {
@@ -313,7 +314,7 @@ async fn record(
                     }
                     Err(e) => {
                         if let Some(s) = seg.take() {
-                            s.writer.abort();
+                            s.writer.feed.abort();
                         }
                         recorder.fail(e.to_string());
                         if wait_retry(wanted, shutdown).await.is_err() {
@@ -330,7 +331,7 @@ async fn record(
                 match a {
                     Ok(p) => {
                         if let Some(s) = seg.as_mut()
-                            && let Err(e) = s.writer.push_audio(&p)
+                            && let Err(e) = s.writer.feed.push_audio(&p)
                         {
                             tracing::debug!(error = %e, "audio not recorded");
                         }
@@ -388,9 +389,9 @@ async fn close(recorder: &Arc<Recorder>, seg: Option<Open>) {
     let r = recorder.clone();
     let _ = tokio::task::spawn_blocking(move || {
         let path = seg.writer.path().to_owned();
-        let frames = seg.writer.frames;
-        let duration = seg.writer.duration();
-        match seg.writer.close() {
+        let frames = seg.writer.feed.frames;
+        let duration = seg.writer.feed.duration();
+        match seg.writer.feed.close() {
             Ok(()) => {
                 tracing::info!(
                     segment = %path.display(),
