@@ -61,6 +61,8 @@ pub struct Config {
     pub ice: IceConfig,
     /// Recording to disk.
     pub record: RecordConfig,
+    /// HLS for players without WebRTC.
+    pub hls: HlsConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -396,6 +398,26 @@ impl Default for RecordConfig {
     }
 }
 
+/// `[hls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HlsConfig {
+    /// Serve `/hls/<room>/index.m3u8`.
+    pub enabled: bool,
+    /// Segmenting stops this long after the last request for the playlist.
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_stop: Duration,
+}
+
+impl Default for HlsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            idle_stop: Duration::from_secs(30),
+        }
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -664,6 +686,15 @@ impl Config {
             return bad(
                 "record.segment",
                 format!("{:?} (expected 2s-1h)", self.record.segment),
+            );
+        }
+        if self.hls.idle_stop < Duration::from_secs(1) {
+            return bad(
+                "hls.idle-stop",
+                format!(
+                    "{:?} (players ask every segment: at least 1s)",
+                    self.hls.idle_stop
+                ),
             );
         }
         if self.record.path.as_os_str().is_empty() {

@@ -14,6 +14,7 @@ use crate::media::rendition::Rendition;
 use crate::media::source::{AudioSource, VideoSource};
 use crate::notify;
 use crate::outputs::access::ViewerAccess;
+use crate::outputs::hls::{self, Hls};
 use crate::outputs::mjpeg::{self, Mjpeg};
 use crate::outputs::record::{self, Recorder, http::Recordings};
 use crate::outputs::snapshot::{self, Snapshots};
@@ -328,6 +329,8 @@ struct CameraObserver {
     mjpeg: Option<Arc<Mjpeg>>,
     /// `/recordings`.
     recordings: Arc<Recordings>,
+    /// `/hls/<room>/`, unless `hls.enabled = false`.
+    hls: Option<Arc<Hls>>,
 }
 
 impl Observer for CameraObserver {
@@ -465,6 +468,16 @@ campeer_mjpeg_frames_total {}
                 m.frames.load(Ordering::Relaxed),
             ));
         }
+        if let Some(h) = &self.hls {
+            out.push_str(&format!(
+                "# TYPE campeer_hls_running gauge\ncampeer_hls_running {}\n\
+                 # TYPE campeer_hls_starts_total counter\ncampeer_hls_starts_total {}\n\
+                 # TYPE campeer_hls_requests_total counter\ncampeer_hls_requests_total {}\n",
+                u8::from(h.running()),
+                h.starts.load(Ordering::Relaxed),
+                h.requests.load(Ordering::Relaxed),
+            ));
+        }
         let rec = &self.recordings.recorder;
         out.push_str(&format!(
             "# TYPE campeer_recording gauge\ncampeer_recording {}\n\
@@ -532,6 +545,10 @@ campeer_mjpeg_frames_total {}
         let routes = snapshot::routes(self.snapshots.clone())
             .merge(whep::routes(self.whep.clone()))
             .merge(record::http::routes(self.recordings.clone()));
+        let routes = match &self.hls {
+            Some(h) => routes.merge(hls::routes(h.clone())),
+            None => routes,
+        };
         Some(match &self.mjpeg {
             Some(m) => routes.merge(mjpeg::routes(m.clone())),
             None => routes,
@@ -880,6 +897,16 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
             mjpeg: (config.camera.mjpeg_fps > 0)
                 .then(|| Arc::new(Mjpeg::new(snapshots.clone(), config.camera.mjpeg_fps))),
             snapshots,
+            hls: config.hls.enabled.then(|| {
+                Arc::new(Hls::new(
+                    media.clone(),
+                    consumers.clone(),
+                    viewer_access.clone(),
+                    config.video.keyframe_interval,
+                    config.hls.idle_stop,
+                    config.server.allowed_origins.clone().into(),
+                ))
+            }),
             recordings: Arc::new(Recordings {
                 recorder: recorder.clone(),
                 access: viewer_access.clone(),

@@ -83,38 +83,12 @@ async fn a_non_trickle_player_decodes_and_delete_ends_its_session() {
 /// medooze's WHEPClient (npm `whip-whep` 1.2.0), fetched once with `npm pack` and checked
 /// against its digest: the source of its `whep.js`.
 fn medooze_whep_js() -> String {
-    const PACKAGE: &str = "whip-whep@1.2.0";
-    const SHA256: &str = "f032b2b2015da76268d3f4a0450af2cf24ae984c6bf7cc5bfd494763cefaf786";
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("whip-whep-1.2.0");
-    let js = dir.join("package/whep.js");
-    if !js.exists() {
-        std::fs::create_dir_all(&dir).expect("a directory for the package");
-        let ok = std::process::Command::new("npm")
-            .args(["pack", PACKAGE, "--silent", "--pack-destination"])
-            .arg(&dir)
-            .status()
-            .expect("npm runs (scripts/setup-debian.sh test installs it)");
-        assert!(ok.success(), "npm could not fetch {PACKAGE}");
-        let tgz = dir.join("whip-whep-1.2.0.tgz");
-        let sum = std::process::Command::new("sha256sum")
-            .arg(&tgz)
-            .output()
-            .expect("sha256sum runs");
-        let sum = String::from_utf8_lossy(&sum.stdout);
-        assert!(
-            sum.starts_with(SHA256),
-            "{PACKAGE} is not the package expected: {sum}"
-        );
-        let ok = std::process::Command::new("tar")
-            .arg("xzf")
-            .arg(&tgz)
-            .arg("-C")
-            .arg(&dir)
-            .status()
-            .expect("tar runs");
-        assert!(ok.success(), "could not unpack {PACKAGE}");
-    }
-    std::fs::read_to_string(&js).expect("whep.js in the package")
+    let package = npm_package(
+        "whip-whep",
+        "1.2.0",
+        "f032b2b2015da76268d3f4a0450af2cf24ae984c6bf7cc5bfd494763cefaf786",
+    );
+    std::fs::read_to_string(package.join("whep.js")).expect("whep.js in the package")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod feed;
+pub mod hls;
 pub mod mjpeg;
 pub mod record;
 pub mod snapshot;

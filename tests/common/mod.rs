@@ -617,6 +617,44 @@ pub async fn http_get_with(base: &str, path: &str, headers: &[&str]) -> (u16, St
     (status_of(&text), text)
 }
 
+/// The npm package `name@version`, fetched once with `npm pack` into the target's temporary
+/// directory, checked against its SHA-256 and unpacked: the path of its `package/` directory.
+pub fn npm_package(name: &str, version: &str, sha256: &str) -> PathBuf {
+    let spec = format!("{name}@{version}");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{version}"));
+    let package = dir.join("package");
+    if package.join("package.json").exists() {
+        return package;
+    }
+    std::fs::create_dir_all(&dir).expect("a directory for the package");
+    let ok = Command::new("npm")
+        .args(["pack", &spec, "--silent", "--pack-destination"])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .status()
+        .expect("npm runs (scripts/setup-debian.sh test installs it)");
+    assert!(ok.success(), "npm could not fetch {spec}");
+    let tgz = dir.join(format!("{name}-{version}.tgz"));
+    let sum = Command::new("sha256sum")
+        .arg(&tgz)
+        .output()
+        .expect("sha256sum runs");
+    let sum = String::from_utf8_lossy(&sum.stdout);
+    assert!(
+        sum.starts_with(sha256),
+        "{spec} is not the package expected: {sum}"
+    );
+    let ok = Command::new("tar")
+        .arg("xzf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(&dir)
+        .status()
+        .expect("tar runs");
+    assert!(ok.success(), "could not unpack {spec}");
+    package
+}
+
 /// The value of the unlabelled metric `name` in a `/metrics` text.
 pub fn metric_value(metrics: &str, name: &str) -> Option<f64> {
     metrics
