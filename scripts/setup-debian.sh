@@ -13,7 +13,8 @@ runtime=(gstreamer1.0-plugins-base gstreamer1.0-x gstreamer1.0-plugins-good gstr
          gstreamer1.0-plugins-ugly gstreamer1.0-alsa gstreamer1.0-tools)
 # libcamerasrc for CSI cameras exists on Debian 12 and Raspberry Pi OS; skip where absent.
 optional=(gstreamer1.0-libcamera)
-testing=(chromium firefox-esr iproute2 procps coturn iptables systemd)
+# nginx with its RTMP module is the server the RTMP push test sends to (tests/rtmp.rs).
+testing=(chromium firefox-esr iproute2 procps coturn iptables systemd nginx libnginx-mod-rtmp)
 benching=(python3-gi gir1.2-gst-plugins-bad-1.0 gir1.2-gst-plugins-base-1.0 gstreamer1.0-nice)
 
 pkgs=("${build[@]}" "${runtime[@]}")
@@ -41,6 +42,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
   if [ "${#have[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${have[@]}" >&2
   fi
+  # The tests run their own nginx; one this script just installed is not left serving port 80.
+  case " ${have[*]} " in
+    *" nginx "*) "${sudo_cmd[@]}" systemctl disable --now nginx >/dev/null 2>&1 || true ;;
+  esac
 fi
 
 # The WHEP interop test fetches a JavaScript WHEP client with npm (a Node.js that came with the

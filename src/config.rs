@@ -63,6 +63,8 @@ pub struct Config {
     pub record: RecordConfig,
     /// HLS for players without WebRTC.
     pub hls: HlsConfig,
+    /// RTMP servers the stream is pushed to.
+    pub rtmp: Vec<RtmpConfig>,
     /// Logging.
     pub log: LogConfig,
 }
@@ -398,6 +400,14 @@ impl Default for RecordConfig {
     }
 }
 
+/// One `[[rtmp]]` target.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RtmpConfig {
+    /// `rtmp://host[:port]/app/streamkey` (or `rtmps://`).
+    pub url: String,
+}
+
 /// `[hls]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -687,6 +697,23 @@ impl Config {
                 "record.segment",
                 format!("{:?} (expected 2s-1h)", self.record.segment),
             );
+        }
+        for (i, t) in self.rtmp.iter().enumerate() {
+            let ok = (t.url.starts_with("rtmp://") || t.url.starts_with("rtmps://"))
+                && t.url
+                    .split("://")
+                    .nth(1)
+                    .is_some_and(|r| r.split('/').count() >= 3)
+                && !t.url.contains(char::is_whitespace);
+            if !ok {
+                return bad(
+                    &format!("rtmp[{i}].url"),
+                    format!(
+                        "{:?} (expected rtmp://host[:port]/app/streamkey)",
+                        crate::outputs::rtmp::without_key(&t.url)
+                    ),
+                );
+            }
         }
         if self.hls.idle_stop < Duration::from_secs(1) {
             return bad(

@@ -17,6 +17,7 @@ use crate::outputs::access::ViewerAccess;
 use crate::outputs::hls::{self, Hls};
 use crate::outputs::mjpeg::{self, Mjpeg};
 use crate::outputs::record::{self, Recorder, http::Recordings};
+use crate::outputs::rtmp::{self, RtmpPush};
 use crate::outputs::snapshot::{self, Snapshots};
 use crate::outputs::whep::{self, Whep};
 use crate::signal::admission::Admission;
@@ -331,6 +332,8 @@ struct CameraObserver {
     recordings: Arc<Recordings>,
     /// `/hls/<room>/`, unless `hls.enabled = false`.
     hls: Option<Arc<Hls>>,
+    /// `[[rtmp]]` targets.
+    rtmp: Vec<Arc<RtmpPush>>,
 }
 
 impl Observer for CameraObserver {
@@ -477,6 +480,30 @@ campeer_mjpeg_frames_total {}
                 h.starts.load(Ordering::Relaxed),
                 h.requests.load(Ordering::Relaxed),
             ));
+        }
+        type PushMetric = (&'static str, &'static str, fn(&RtmpPush) -> u64);
+        const PER_PUSH: &[PushMetric] = &[
+            ("campeer_rtmp_up", "gauge", |p| {
+                u64::from(p.up.load(Ordering::Relaxed))
+            }),
+            ("campeer_rtmp_connects_total", "counter", |p| {
+                p.connects.load(Ordering::Relaxed)
+            }),
+            ("campeer_rtmp_failures_total", "counter", |p| {
+                p.failures.load(Ordering::Relaxed)
+            }),
+        ];
+        if !self.rtmp.is_empty() {
+            for (name, kind, value) in PER_PUSH {
+                out.push_str(&format!("# TYPE {name} {kind}\n"));
+                for p in &self.rtmp {
+                    out.push_str(&format!(
+                        "{name}{{target=\"{}\"}} {}\n",
+                        p.shown.replace(['"', '\\', '\n'], "_"),
+                        value(p)
+                    ));
+                }
+            }
         }
         let rec = &self.recordings.recorder;
         out.push_str(&format!(
@@ -852,6 +879,20 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         );
     }
 
+    let pushes: Vec<Arc<RtmpPush>> = config
+        .rtmp
+        .iter()
+        .map(|t| Arc::new(RtmpPush::new(t.url.clone())))
+        .collect();
+    for p in &pushes {
+        tracing::info!(target_url = %p.shown, "pushing the stream over RTMP");
+        tasks.spawn(rtmp::run(
+            p.clone(),
+            media.clone(),
+            consumers.clone(),
+            shutdown.clone(),
+        ));
+    }
     let recorder = Arc::new(Recorder::new(&config.record));
     tasks.spawn(record::run(
         recorder.clone(),
@@ -897,6 +938,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
             mjpeg: (config.camera.mjpeg_fps > 0)
                 .then(|| Arc::new(Mjpeg::new(snapshots.clone(), config.camera.mjpeg_fps))),
             snapshots,
+            rtmp: pushes.clone(),
             hls: config.hls.enabled.then(|| {
                 Arc::new(Hls::new(
                     media.clone(),

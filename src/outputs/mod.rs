@@ -7,5 +7,6 @@ pub mod feed;
 pub mod hls;
 pub mod mjpeg;
 pub mod record;
+pub mod rtmp;
 pub mod snapshot;
 pub mod whep;

@@ -1,0 +1,187 @@
+//! RTMP push to a real server: Debian's nginx with its RTMP module receives the camera's
+//! stream, a GStreamer client pulling it back from nginx decodes video and sound, the log
+//! never shows the stream key, and a restarted nginx gets the stream again by itself.
+
+mod common;
+
+use common::*;
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "sk-test-5ecret-key";
+
+/// nginx with the RTMP module on 127.0.0.1:`port`, `application live { live on; }`.
+struct Nginx {
+    child: Child,
+    _dir: TempDir,
+}
+
+impl Nginx {
+    fn start(port: u16) -> Nginx {
+        let dir = TempDir::new("nginx-rtmp");
+        let conf = dir.path().join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;\n\
+                 daemon off;\nmaster_process off;\npid {0}/nginx.pid;\n\
+                 error_log {0}/error.log info;\nevents {{}}\n\
+                 rtmp {{ server {{ listen 127.0.0.1:{port}; application live {{ live on; }} }} }}\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new("nginx");
+        cmd.arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        own_group_dying_with_parent(&mut cmd);
+        let child = cmd.spawn().expect(
+            "nginx runs (scripts/setup-debian.sh test installs nginx and libnginx-mod-rtmp)",
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nginx does not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Nginx { child, _dir: dir }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Pull `url` from nginx and decode it: video frames and AAC buffers within `timeout`.
+fn pull(url: &str, timeout: Duration) -> (u64, u64) {
+    gst::init().unwrap();
+    let pipeline = gst::parse::launch(&format!(
+        "rtmp2src location=\"{url}\" ! flvdemux name=d \
+         d.video ! queue ! h264parse ! openh264dec ! appsink name=v sync=false async=false \
+         d.audio ! queue ! aacparse ! faad ! appsink name=a sync=false async=false"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = |n: &str| {
+        pipeline
+            .by_name(n)
+            .unwrap()
+            .downcast::<gstreamer_app::AppSink>()
+            .unwrap()
+    };
+    let (v, a) = (sink("v"), sink("a"));
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let deadline = Instant::now() + timeout;
+    let (mut frames, mut audio) = (0, 0);
+    while Instant::now() < deadline && (frames < 30 || audio < 20) {
+        if v.try_pull_sample(gst::ClockTime::from_mseconds(20))
+            .is_some()
+        {
+            frames += 1;
+        }
+        if a.try_pull_sample(gst::ClockTime::from_mseconds(5))
+            .is_some()
+        {
+            audio += 1;
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    (frames, audio)
+}
+
+fn connected_count(cam: &Campeer) -> usize {
+    cam.logs()
+        .lines()
+        .filter(|l| l.contains("RTMP push connected"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_rtmp_gets_the_stream_and_gets_it_again_after_a_restart() {
+    let port = free_port();
+    let nginx = Nginx::start(port);
+    let target = format!("[{{url=\"rtmp://127.0.0.1:{port}/live/{KEY}\"}}]");
+    let (mut cam, url) = start_camera(
+        &[],
+        &[
+            ("CAMPEER__VIDEO__WIDTH", "640"),
+            ("CAMPEER__VIDEO__HEIGHT", "360"),
+            ("CAMPEER__VIDEO__BITRATE_KBPS", "800"),
+            ("CAMPEER__VIDEO__KEYFRAME_INTERVAL", "\"1s\""),
+            ("CAMPEER__VIDEO__LOWER_RUNGS", "\"none\""),
+            ("CAMPEER__RTMP", &target),
+        ],
+    );
+    let base = base_of(&url);
+    cam.wait_log("RTMP push connected", Duration::from_secs(20));
+    let pull_url = format!("rtmp://127.0.0.1:{port}/live/{KEY}");
+    let u = pull_url.clone();
+    let (frames, audio) = tokio::task::spawn_blocking(move || pull(&u, Duration::from_secs(20)))
+        .await
+        .unwrap();
+    eprintln!("pulled from nginx: {frames} frames, {audio} AAC buffers");
+    assert!(frames >= 30, "{frames} video frames from nginx");
+    assert!(audio >= 20, "{audio} audio buffers from nginx");
+    let (_, m) = http_get(&base, "/metrics").await;
+    assert!(
+        m.contains(&format!(
+            "campeer_rtmp_up{{target=\"rtmp://127.0.0.1:{port}/live/…\"}} 1"
+        )),
+        "{m}"
+    );
+
+    // nginx restarts: the push fails, then comes back by itself.
+    drop(nginx);
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let nginx = Nginx::start(port);
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while connected_count(&cam) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the push did not come back after nginx restarted:\n{}",
+            cam.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "the push was back {:.1} s after nginx stopped (restarted 2 s after)",
+        t0.elapsed().as_secs_f64()
+    );
+    let (frames, audio) =
+        tokio::task::spawn_blocking(move || pull(&pull_url, Duration::from_secs(20)))
+            .await
+            .unwrap();
+    assert!(
+        frames >= 30 && audio >= 20,
+        "after the restart: {frames} frames, {audio} audio buffers"
+    );
+    assert!(
+        cam.logs()
+            .contains("RTMP push failed; reconnecting with backoff")
+    );
+    assert!(
+        !cam.logs().contains(KEY),
+        "the stream key is in the log:\n{}",
+        cam.logs()
+    );
+    drop(nginx);
+}
