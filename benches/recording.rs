@@ -1,29 +1,34 @@
-//! Recording benchmark (a command, not a test): `cargo bench --bench recording`.
+//! Outputs benchmark (a command, not a test): `cargo bench --bench recording`.
 //!
 //! `campeer run` on the test pattern (1280x720@30, 2,500 kbit/s x264, test tone) with one WHEP
-//! player in headless Chromium, on this same 2-core machine, measured twice: recording off,
-//! then recording on (10 s segments into a temporary directory). Prints campeer's CPU (% of one
-//! core over 15 s, after 5 s to settle) and RSS for each, and what recording wrote; with
-//! recording on, also the CPU of the recording pipeline's own threads (named `rec…`), which a
-//! whole-process figure drowns in x264's run-to-run noise. The added cost is muxing and
-//! writing only: the recording takes the encode the player gets.
+//! player in headless Chromium, on this same 2-core machine, measured three times: live viewing
+//! alone; with recording (10 s segments into a temporary directory); with recording, an RTMP
+//! push to a local nginx-rtmp and an HLS client (playlist and newest segment fetched every
+//! second). Prints campeer's CPU (% of one core over 15 s, after 5 s to settle) and RSS for
+//! each, and the CPU of each output's own pipeline threads (their names start with `rec`,
+//! `hls`, `rtmp`), which a whole-process figure drowns in x264's run-to-run noise. The added
+//! cost is muxing (and for RTMP and HLS an Opus decode and AAC encode): no second video encode.
 //!
-//! Exits 1 when the player does not connect or recording writes nothing.
+//! Exits 1 when the player does not connect or an output produces nothing.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "support/procstat.rs"]
 mod procstat;
 
+use common::nginx::{Nginx, free_port};
 use common::whep::{DECODED_JS, play_js, room_parts};
-use common::{Browser, TempDir, start_camera};
+use common::{Browser, TempDir, http_get, start_camera};
 use procstat::{cpu_percent, cpu_ticks, status_kb};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-/// CPU ticks of `pid`'s threads whose names start with `rec` (the recording pipeline's), by
-/// thread id: a segment's threads end when it closes, so callers keep the last reading of each.
-fn recording_threads(pid: u32, seen: &mut std::collections::HashMap<u32, u64>) {
+/// The thread name prefixes of the outputs' pipelines.
+const OUTPUTS: [&str; 3] = ["rec", "hls", "rtmp"];
+
+/// CPU ticks of `pid`'s output threads (names starting with one of [`OUTPUTS`]), by thread id
+/// and prefix: a segment's threads end when it closes, so callers keep the last reading.
+fn output_threads(pid: u32, seen: &mut std::collections::HashMap<u32, (usize, u64)>) {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return;
     };
@@ -37,13 +42,13 @@ fn recording_threads(pid: u32, seen: &mut std::collections::HashMap<u32, u64>) {
             .and_then(|(_, r)| r.rsplit_once(')'))
             .map(|(n, _)| n)
             .unwrap_or("");
-        if !name.starts_with("rec") {
+        let Some(kind) = OUTPUTS.iter().position(|p| name.starts_with(p)) else {
             continue;
-        }
+        };
         let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
         let f: Vec<&str> = rest.split_whitespace().collect();
         let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        seen.insert(tid, field(11) + field(12));
+        seen.insert(tid, (kind, field(11) + field(12)));
     }
 }
 
@@ -52,18 +57,34 @@ struct Run {
     cpu: f64,
     rss: f64,
     written: u64,
-    /// The recording threads' CPU, % of one core.
-    recording_cpu: f64,
+    /// Each output's threads' CPU, % of one core, in [`OUTPUTS`] order.
+    outputs_cpu: [f64; 3],
 }
 
-/// campeer's CPU and RSS with one player, and the bytes in `dir` after the run.
-async fn measure(browser: &Browser, record: Option<&TempDir>) -> Option<Run> {
+/// What a run turns on besides the WHEP player.
+#[derive(Clone, Copy)]
+struct Outputs<'a> {
+    record: Option<&'a TempDir>,
+    /// The port of an nginx-rtmp to push to.
+    rtmp: Option<u16>,
+    hls: bool,
+}
+
+/// campeer's CPU and RSS with one player and `outputs`, and the bytes recorded.
+async fn measure(browser: &Browser, outputs: Outputs<'_>) -> Option<Run> {
+    let record = outputs.record;
     let path = record.map(|d| format!("\"{}\"", d.path().display()));
     let mut env = vec![("CAMPEER__RECORD__MIN_FREE_MB", "1".to_string())];
     if let Some(p) = &path {
         env.push(("CAMPEER__RECORD__ENABLED", "true".into()));
         env.push(("CAMPEER__RECORD__PATH", p.clone()));
         env.push(("CAMPEER__RECORD__SEGMENT", "\"10s\"".into()));
+    }
+    if let Some(port) = outputs.rtmp {
+        env.push((
+            "CAMPEER__RTMP",
+            format!("[{{url=\"rtmp://127.0.0.1:{port}/live/bench\"}}]"),
+        ));
     }
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (cam, url) = start_camera(&[], &env);
@@ -74,20 +95,43 @@ async fn measure(browser: &Browser, record: Option<&TempDir>) -> Option<Run> {
         println!("  the player was refused: {r}");
         return None;
     }
+    // An HLS player: the playlist and its newest segment, every second.
+    let hls_client = outputs.hls.then(|| {
+        let (base, room, token) = (base.clone(), room.clone(), token.clone());
+        tokio::spawn(async move {
+            let mut segments = 0u64;
+            loop {
+                let (_, list) =
+                    http_get(&base, &format!("/hls/{room}/index.m3u8?token={token}")).await;
+                if let Some(seg) = list.lines().rev().find(|l| l.starts_with("segment")) {
+                    let (status, _) = http_get(&base, &format!("/hls/{room}/{seg}")).await;
+                    segments += u64::from(status == 200);
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if segments > 1_000_000 {
+                    return segments;
+                }
+            }
+        })
+    });
     tokio::time::sleep(Duration::from_secs(5)).await;
     let mut before = std::collections::HashMap::new();
-    recording_threads(cam.pid(), &mut before);
+    output_threads(cam.pid(), &mut before);
     let mut during = before.clone();
     let (t0, c0) = (Instant::now(), cpu_ticks(Some(cam.pid())));
     while t0.elapsed() < Duration::from_secs(15) {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        recording_threads(cam.pid(), &mut during);
+        output_threads(cam.pid(), &mut during);
     }
-    let rec_ticks: u64 = during
-        .iter()
-        .map(|(tid, t)| t.saturating_sub(before.get(tid).copied().unwrap_or(0)))
-        .sum();
-    let recording_cpu = cpu_percent(rec_ticks, t0.elapsed().as_secs_f64());
+    let mut outputs_ticks = [0u64; 3];
+    for (tid, (kind, t)) in &during {
+        let was = before.get(tid).map(|(_, t)| *t).unwrap_or(0);
+        outputs_ticks[*kind] += t.saturating_sub(was);
+    }
+    let outputs_cpu = outputs_ticks.map(|t| cpu_percent(t, t0.elapsed().as_secs_f64()));
+    if let Some(h) = hls_client {
+        h.abort();
+    }
     let cpu = cpu_percent(
         cpu_ticks(Some(cam.pid())).saturating_sub(c0),
         t0.elapsed().as_secs_f64(),
@@ -108,11 +152,28 @@ async fn measure(browser: &Browser, record: Option<&TempDir>) -> Option<Run> {
                 .sum()
         })
         .unwrap_or(0);
+    let (_, metrics) = http_get(&base, "/metrics").await;
+    if outputs.rtmp.is_some() && !metrics.contains("campeer_rtmp_up{") {
+        println!("  no RTMP push in /metrics");
+        return None;
+    }
+    if outputs.rtmp.is_some()
+        && !metrics
+            .lines()
+            .any(|l| l.starts_with("campeer_rtmp_up{") && l.ends_with(" 1"))
+    {
+        println!("  the RTMP push is not up");
+        return None;
+    }
+    if outputs.hls && !metrics.contains("campeer_hls_running 1") {
+        println!("  HLS is not running");
+        return None;
+    }
     Some(Run {
         cpu,
         rss,
         written,
-        recording_cpu,
+        outputs_cpu,
     })
 }
 
@@ -123,26 +184,55 @@ async fn main() {
     }
     let browser = Browser::launch();
     println!("campeer with one WHEP player (1280x720@30 x264, Chromium on this same machine):");
-    let Some(off) = measure(&browser, None).await else {
+    let none = Outputs {
+        record: None,
+        rtmp: None,
+        hls: false,
+    };
+    let Some(live) = measure(&browser, none).await else {
         std::process::exit(1);
     };
     println!(
-        "  recording off: campeer CPU {:>5.1} % of a core, RSS {:>5.1} MB",
-        off.cpu, off.rss
+        "  live viewing alone:          campeer CPU {:>5.1} % of a core, RSS {:>5.1} MB",
+        live.cpu, live.rss
     );
     let dir = TempDir::new("bench-recording");
-    let Some(on) = measure(&browser, Some(&dir)).await else {
+    let rec = Outputs {
+        record: Some(&dir),
+        ..none
+    };
+    let Some(on) = measure(&browser, rec).await else {
         std::process::exit(1);
     };
     println!(
-        "  recording on:  campeer CPU {:>5.1} % of a core, RSS {:>5.1} MB; the recording threads {:.2} % of a core; {:.1} MB written in ~20 s",
+        "  + recording:                 campeer CPU {:>5.1} % of a core, RSS {:>5.1} MB; recording threads {:.2} %; {:.1} MB written in ~20 s",
         on.cpu,
         on.rss,
-        on.recording_cpu,
+        on.outputs_cpu[0],
         on.written as f64 / 1e6,
     );
     if on.written == 0 {
         println!("  recording wrote nothing");
         std::process::exit(1);
     }
+    let port = free_port();
+    let _nginx = Nginx::start(port);
+    let dir = TempDir::new("bench-recording-all");
+    let all = Outputs {
+        record: Some(&dir),
+        rtmp: Some(port),
+        hls: true,
+    };
+    let Some(all) = measure(&browser, all).await else {
+        std::process::exit(1);
+    };
+    println!(
+        "  + recording + RTMP + HLS:    campeer CPU {:>5.1} % of a core, RSS {:>5.1} MB; threads: recording {:.2} %, HLS {:.2} %, RTMP {:.2} % ({:.2} % together)",
+        all.cpu,
+        all.rss,
+        all.outputs_cpu[0],
+        all.outputs_cpu[1],
+        all.outputs_cpu[2],
+        all.outputs_cpu.iter().sum::<f64>(),
+    );
 }

@@ -7,6 +7,7 @@ pub mod impair;
 pub mod loopback;
 pub mod mp4;
 pub mod netns;
+pub mod nginx;
 pub mod playback;
 pub mod rtc_viewer;
 pub mod shaped;
