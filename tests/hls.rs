@@ -4,10 +4,9 @@
 
 mod common;
 
+use common::pull::pull;
 use common::whep::room_parts;
 use common::*;
-use gstreamer as gst;
-use gstreamer::prelude::*;
 use std::time::{Duration, Instant};
 
 /// A dashboard's own web server: any request gets an empty HTML page (no CSP), so its
@@ -64,49 +63,6 @@ fn hls_js() -> String {
     std::fs::read_to_string(package.join("dist/hls.min.js")).expect("hls.min.js in the package")
 }
 
-/// Decode the stream at `url` with souphttpsrc ! hlsdemux ! tsdemux: video frames (and their
-/// size) and audio buffers, within `timeout`.
-fn gstreamer_plays(url: &str, timeout: Duration) -> (u64, u64, Option<(i32, i32)>) {
-    gst::init().unwrap();
-    let pipeline = gst::parse::launch(&format!(
-        "souphttpsrc location=\"{url}\" ! hlsdemux ! tsdemux name=d \
-         d. ! queue ! h264parse ! openh264dec ! appsink name=v sync=false \
-         d. ! queue ! aacparse ! faad ! appsink name=a sync=false"
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let sink = |n: &str| {
-        pipeline
-            .by_name(n)
-            .unwrap()
-            .downcast::<gstreamer_app::AppSink>()
-            .unwrap()
-    };
-    let (v, a) = (sink("v"), sink("a"));
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let deadline = Instant::now() + timeout;
-    let (mut frames, mut audio, mut size) = (0, 0, None);
-    while Instant::now() < deadline && (frames < 60 || audio < 30) {
-        if let Some(s) = v.try_pull_sample(gst::ClockTime::from_mseconds(50)) {
-            frames += 1;
-            if let Some(st) = s.caps().and_then(|c| c.structure(0).map(|s| s.to_owned())) {
-                size = st
-                    .get::<i32>("width")
-                    .ok()
-                    .zip(st.get::<i32>("height").ok());
-            }
-        }
-        if a.try_pull_sample(gst::ClockTime::from_mseconds(5))
-            .is_some()
-        {
-            audio += 1;
-        }
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
-    (frames, audio, size)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hls_js_and_gstreamer_play_the_camera_and_it_stops_after_them() {
     let hls = hls_js();
@@ -139,10 +95,17 @@ async fn hls_js_and_gstreamer_play_the_camera_and_it_stops_after_them() {
     // GStreamer's HLS client, as VLC or a set-top box would fetch it.
     let full = format!("{base}{playlist}?token={token}");
     let started = Instant::now();
-    let (frames, audio, size) =
-        tokio::task::spawn_blocking(move || gstreamer_plays(&full, Duration::from_secs(40)))
-            .await
-            .unwrap();
+    let got = tokio::task::spawn_blocking(move || {
+        pull(
+            &format!("souphttpsrc location=\"{full}\" ! hlsdemux ! tsdemux"),
+            ("d.", "d."),
+            (60, 30),
+            Duration::from_secs(40),
+        )
+    })
+    .await
+    .unwrap();
+    let (frames, audio, size) = (got.frames, got.audio, got.size);
     eprintln!(
         "hlsdemux: {frames} frames, {audio} audio buffers, {size:?}, in {:.1} s",
         started.elapsed().as_secs_f64()

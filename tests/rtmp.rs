@@ -5,49 +5,21 @@
 mod common;
 
 use common::nginx::{Nginx, free_port};
+use common::pull::pull;
 use common::*;
-use gstreamer as gst;
-use gstreamer::prelude::*;
 use std::time::{Duration, Instant};
 
 const KEY: &str = "sk-test-5ecret-key";
 
 /// Pull `url` from nginx and decode it: video frames and AAC buffers within `timeout`.
-fn pull(url: &str, timeout: Duration) -> (u64, u64) {
-    gst::init().unwrap();
-    let pipeline = gst::parse::launch(&format!(
-        "rtmp2src location=\"{url}\" ! flvdemux name=d \
-         d.video ! queue ! h264parse ! openh264dec ! appsink name=v sync=false async=false \
-         d.audio ! queue ! aacparse ! faad ! appsink name=a sync=false async=false"
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let sink = |n: &str| {
-        pipeline
-            .by_name(n)
-            .unwrap()
-            .downcast::<gstreamer_app::AppSink>()
-            .unwrap()
-    };
-    let (v, a) = (sink("v"), sink("a"));
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let deadline = Instant::now() + timeout;
-    let (mut frames, mut audio) = (0, 0);
-    while Instant::now() < deadline && (frames < 30 || audio < 20) {
-        if v.try_pull_sample(gst::ClockTime::from_mseconds(20))
-            .is_some()
-        {
-            frames += 1;
-        }
-        if a.try_pull_sample(gst::ClockTime::from_mseconds(5))
-            .is_some()
-        {
-            audio += 1;
-        }
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
-    (frames, audio)
+fn pull_rtmp(url: &str, timeout: Duration) -> (u64, u64) {
+    let got = pull(
+        &format!("rtmp2src location=\"{url}\" ! flvdemux"),
+        ("d.video", "d.audio"),
+        (30, 20),
+        timeout,
+    );
+    (got.frames, got.audio)
 }
 
 fn connected_count(cam: &Campeer) -> usize {
@@ -77,9 +49,10 @@ async fn nginx_rtmp_gets_the_stream_and_gets_it_again_after_a_restart() {
     cam.wait_log("RTMP push connected", Duration::from_secs(20));
     let pull_url = format!("rtmp://127.0.0.1:{port}/live/{KEY}");
     let u = pull_url.clone();
-    let (frames, audio) = tokio::task::spawn_blocking(move || pull(&u, Duration::from_secs(20)))
-        .await
-        .unwrap();
+    let (frames, audio) =
+        tokio::task::spawn_blocking(move || pull_rtmp(&u, Duration::from_secs(20)))
+            .await
+            .unwrap();
     eprintln!("pulled from nginx: {frames} frames, {audio} AAC buffers");
     assert!(frames >= 30, "{frames} video frames from nginx");
     assert!(audio >= 20, "{audio} audio buffers from nginx");
@@ -110,7 +83,7 @@ async fn nginx_rtmp_gets_the_stream_and_gets_it_again_after_a_restart() {
         t0.elapsed().as_secs_f64()
     );
     let (frames, audio) =
-        tokio::task::spawn_blocking(move || pull(&pull_url, Duration::from_secs(20)))
+        tokio::task::spawn_blocking(move || pull_rtmp(&pull_url, Duration::from_secs(20)))
             .await
             .unwrap();
     assert!(

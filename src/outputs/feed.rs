@@ -9,7 +9,50 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use std::time::Duration;
 
-use crate::media::pipeline::EncodedFrame;
+use crate::media::pipeline::{EncodedFrame, MediaPipeline};
+
+/// The caps of the bus's H.264 as its appsink took them (byte-stream H.264 in access units
+/// when it has not negotiated yet).
+pub fn video_caps(media: &MediaPipeline) -> gst::Caps {
+    media.sink_caps("video").unwrap_or_else(|| {
+        gst::Caps::builder("video/x-h264")
+            .field("stream-format", "byte-stream")
+            .field("alignment", "au")
+            .field("framerate", gst::Fraction::new(media.framerate() as i32, 1))
+            .build()
+    })
+}
+
+/// The caps of the bus's Opus, for an output that re-encodes it as AAC: `None` without audio,
+/// or without an AAC encoder (said once per call, naming `what` loses its sound).
+pub fn aac_source_caps(media: &MediaPipeline, what: &str) -> Option<gst::Caps> {
+    if !media.has_audio {
+        return None;
+    }
+    if gst::ElementFactory::find("voaacenc").is_none() {
+        tracing::warn!("no voaacenc (gstreamer1.0-plugins-bad): {what} has no sound");
+        return None;
+    }
+    media.sink_caps("audio")
+}
+
+/// A launch fragment: appsrc `<prefix>v` with the H.264, parsed, queued, into `into`.
+pub fn video_branch(prefix: &str, into: &str) -> String {
+    format!(
+        "appsrc name={prefix}v format=time max-bytes=0 ! h264parse ! queue name={prefix}vq \
+         max-size-buffers=0 max-size-bytes=0 max-size-time=0 ! {into}"
+    )
+}
+
+/// A launch fragment: appsrc `<prefix>a` with the Opus, queued, decoded and encoded as AAC into
+/// `into`.
+pub fn aac_branch(prefix: &str, into: &str) -> String {
+    format!(
+        "appsrc name={prefix}a format=time max-bytes=0 ! queue name={prefix}aq \
+         max-size-buffers=0 max-size-bytes=0 max-size-time=0 ! opusdec ! audioconvert ! \
+         audioresample ! voaacenc ! aacparse ! {into}"
+    )
+}
 
 /// How long closing a feed may take before it is torn down as it is.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -10,7 +10,9 @@
 //! repeats the request's token on every segment URI, since players fetch those by URL.
 
 use super::access::ViewerAccess;
-use super::feed::{Feed, FeedError, FeedSpec};
+use super::feed::{
+    Feed, FeedError, FeedSpec, aac_branch, aac_source_caps, video_branch, video_caps,
+};
 use crate::media::bus::{Delivery, Demand, KeyframeSource, Subscription};
 use crate::media::pipeline::{EncodedFrame, MediaPipeline};
 use crate::signal::admission::Admitted;
@@ -194,36 +196,20 @@ impl Hls {
 
     /// The segmenting pipeline, its time 0 at bus time `base`.
     async fn open(&self, base: Duration) -> Result<Feed, FeedError> {
-        let video_caps = self.media.sink_caps("video").unwrap_or_else(|| {
-            gstreamer::Caps::builder("video/x-h264")
-                .field("stream-format", "byte-stream")
-                .field("alignment", "au")
-                .build()
-        });
-        let aac = gstreamer::ElementFactory::find("voaacenc").is_some();
-        let audio_caps = if self.media.has_audio && aac {
-            self.media.sink_caps("audio")
-        } else {
-            if self.media.has_audio {
-                tracing::warn!("no voaacenc (gstreamer1.0-plugins-bad): HLS has no sound");
-            }
-            None
-        };
+        let video_caps = video_caps(&self.media);
+        let audio_caps = aac_source_caps(&self.media, "HLS");
         let dir = self.dir.clone();
         let target = self.target;
         tokio::task::spawn_blocking(move || {
             let mut desc = format!(
-                "appsrc name=hlsv format=time max-bytes=0 ! h264parse ! queue name=hlsvq \
-                 max-size-buffers=0 max-size-bytes=0 max-size-time=0 ! hlssink.video \
-                 hlssink2 name=hlssink target-duration={target} playlist-length={PLAYLIST_LENGTH} \
-                 max-files={KEEP_FILES} send-keyframe-requests=false"
+                "{}  hlssink2 name=hlssink target-duration={target} \
+                 playlist-length={PLAYLIST_LENGTH} max-files={KEEP_FILES} \
+                 send-keyframe-requests=false",
+                video_branch("hls", "hlssink.video")
             );
             if audio_caps.is_some() {
-                desc.push_str(
-                    "  appsrc name=hlsa format=time max-bytes=0 ! queue name=hlsaq \
-                     max-size-buffers=0 max-size-bytes=0 max-size-time=0 ! opusdec ! \
-                     audioconvert ! audioresample ! voaacenc ! aacparse ! hlssink.audio",
-                );
+                desc.push_str("  ");
+                desc.push_str(&aac_branch("hls", "hlssink.audio"));
             }
             let spec = FeedSpec {
                 what: "HLS",

@@ -8,7 +8,9 @@
 //! (1 s, doubling to 30 s, back to 1 s once a connection has held for 10 s). The log names a
 //! target without its stream key.
 
-use super::feed::{Feed, FeedError, FeedSpec};
+use super::feed::{
+    Feed, FeedError, FeedSpec, aac_branch, aac_source_caps, video_branch, video_caps,
+};
 use crate::media::bus::{Delivery, Demand, KeyframeSource, Subscription};
 use crate::media::pipeline::MediaPipeline;
 use gstreamer::prelude::*;
@@ -161,31 +163,17 @@ async fn open(
     media: &Arc<MediaPipeline>,
     base: Duration,
 ) -> Result<Feed, FeedError> {
-    let video_caps = media.sink_caps("video").unwrap_or_else(|| {
-        gstreamer::Caps::builder("video/x-h264")
-            .field("stream-format", "byte-stream")
-            .field("alignment", "au")
-            .build()
-    });
-    let aac = gstreamer::ElementFactory::find("voaacenc").is_some();
-    let audio_caps = if media.has_audio && aac {
-        media.sink_caps("audio")
-    } else {
-        None
-    };
+    let video_caps = video_caps(media);
+    let audio_caps = aac_source_caps(media, "the RTMP push");
     let url = push.url.clone();
     tokio::task::spawn_blocking(move || {
-        let mut desc = String::from(
-            "appsrc name=rtmpv format=time max-bytes=0 ! h264parse ! queue name=rtmpvq \
-             max-size-buffers=0 max-size-bytes=0 max-size-time=0 ! rtmpmux.video \
-             flvmux name=rtmpmux streamable=true ! rtmp2sink name=rtmpsink sync=false async=false",
+        let mut desc = format!(
+            "{}  flvmux name=rtmpmux streamable=true ! rtmp2sink name=rtmpsink sync=false async=false",
+            video_branch("rtmp", "rtmpmux.video")
         );
         if audio_caps.is_some() {
-            desc.push_str(
-                "  appsrc name=rtmpa format=time max-bytes=0 ! queue name=rtmpaq \
-                 max-size-buffers=0 max-size-bytes=0 max-size-time=0 ! opusdec ! \
-                 audioconvert ! audioresample ! voaacenc ! aacparse ! rtmpmux.audio",
-            );
+            desc.push_str("  ");
+            desc.push_str(&aac_branch("rtmp", "rtmpmux.audio"));
         }
         let spec = FeedSpec {
             what: "RTMP",

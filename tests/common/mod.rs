@@ -9,6 +9,7 @@ pub mod mp4;
 pub mod netns;
 pub mod nginx;
 pub mod playback;
+pub mod pull;
 pub mod rtc_viewer;
 pub mod shaped;
 pub mod whep;

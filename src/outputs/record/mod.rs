@@ -190,22 +190,14 @@ struct Tracks {
 }
 
 fn tracks(media: &MediaPipeline) -> Tracks {
-    let video = media.sink_caps("video").unwrap_or_else(|| {
-        gstreamer::Caps::builder("video/x-h264")
-            .field("stream-format", "byte-stream")
-            .field("alignment", "au")
-            .field(
-                "framerate",
-                gstreamer::Fraction::new(media.framerate() as i32, 1),
-            )
-            .build()
-    });
-    let audio = if media.has_audio {
-        media.sink_caps("audio")
-    } else {
-        None
-    };
-    Tracks { video, audio }
+    Tracks {
+        video: crate::outputs::feed::video_caps(media),
+        audio: if media.has_audio {
+            media.sink_caps("audio")
+        } else {
+            None
+        },
+    }
 }
 
 /// Run the recorder of `media` until `shutdown`.
@@ -285,46 +277,42 @@ async fn record(
                         continue;
                     }
                 }
-                if seg.is_none() {
-                    if !f.keyframe {
-                        continue;
+                let failed: Option<String> = 'frame: {
+                    if seg.is_none() {
+                        if !f.keyframe {
+                            break 'frame None;
+                        }
+                        match open(recorder, media, f.pts).await {
+                            Ok(s) => seg = Some(s),
+                            Err(why) => break 'frame Some(why),
+                        }
                     }
-                    match open(recorder, media, f.pts).await {
-                        Ok(s) => seg = Some(s),
-                        Err(why) => {
-                            recorder.fail(why);
-                            if wait_retry(wanted, shutdown).await.is_err() {
-                                break Stop::Shutdown;
+                    let Some(s) = seg.as_mut() else { break 'frame None };
+                    match s.writer.feed.push_video(&f) {
+                        Ok(()) => {
+                            recorder.bytes.fetch_add(f.data.len() as u64, Ordering::Relaxed);
+                            if s.opened.elapsed() > HEALTHY_AFTER {
+                                recorder.recovered();
                             }
-                            if !*wanted.borrow() { break Stop::Off }
-                            video.restart();
-                            audio = audio.resubscribe();
-                            last_pts = None;
-                            continue;
+                            None
+                        }
+                        Err(e) => {
+                            if let Some(s) = seg.take() {
+                                s.writer.feed.abort();
+                            }
+                            Some(e.to_string())
                         }
                     }
-                }
-                let Some(s) = seg.as_mut() else { continue };
-                match s.writer.feed.push_video(&f) {
-                    Ok(()) => {
-                        recorder.bytes.fetch_add(f.data.len() as u64, Ordering::Relaxed);
-                        if s.opened.elapsed() > HEALTHY_AFTER {
-                            recorder.recovered();
-                        }
+                };
+                if let Some(why) = failed {
+                    recorder.fail(why);
+                    if wait_retry(wanted, shutdown).await.is_err() {
+                        break Stop::Shutdown;
                     }
-                    Err(e) => {
-                        if let Some(s) = seg.take() {
-                            s.writer.feed.abort();
-                        }
-                        recorder.fail(e.to_string());
-                        if wait_retry(wanted, shutdown).await.is_err() {
-                            break Stop::Shutdown;
-                        }
-                        if !*wanted.borrow() { break Stop::Off }
-                        video.restart();
-                        audio = audio.resubscribe();
-                        last_pts = None;
-                    }
+                    if !*wanted.borrow() { break Stop::Off }
+                    video.restart();
+                    audio = audio.resubscribe();
+                    last_pts = None;
                 }
             }
             a = audio.recv(), if media.has_audio => {

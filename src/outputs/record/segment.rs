@@ -4,7 +4,7 @@
 //! gathered. Its elements' names start with `rec`, and so do its streaming threads' names
 //! (`recv:src`, `recvq:src`, …): `top -H` and the recording benchmark tell its cost apart.
 
-use crate::outputs::feed::{Feed, FeedError, FeedSpec};
+use crate::outputs::feed::{Feed, FeedError, FeedSpec, video_branch};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use std::path::{Path, PathBuf};
@@ -30,10 +30,9 @@ impl SegmentWriter {
         audio_caps: Option<&gst::Caps>,
     ) -> Result<SegmentWriter, FeedError> {
         let mut desc = format!(
-            "appsrc name=recv format=time max-bytes=0 ! h264parse ! queue name=recvq \
-             max-size-buffers=0 max-size-bytes=0 max-size-time=0 ! recmux.video_0 \
-             mp4mux name=recmux fragment-duration={} ! \
+            "{}  mp4mux name=recmux fragment-duration={} ! \
              filesink name=file buffer-mode=unbuffered o-sync=true async=false",
+            video_branch("rec", "recmux.video_0"),
             FRAGMENT.as_millis()
         );
         if audio_caps.is_some() {
