@@ -346,8 +346,8 @@ async fn answer(
     }
     if name == "index.m3u8" {
         return playlist(
-            &hls,
-            query.token.as_deref().or(super::access::bearer(&headers)),
+            hls,
+            query.token.as_deref().or(super::access::bearer(headers)),
         )
         .await;
     }
