@@ -908,6 +908,8 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
     let mut key = None;
     let mut server_tls = None;
     let mut hub = None;
+    // HLS segments live in a temporary directory, removed at exit.
+    let mut hls_output: Option<Arc<Hls>> = None;
     let (signal_url, page_base) = if embedded {
         let k = TokenKey::new(crate::signal::load_secret(&config)?);
         key = Some(k.clone());
@@ -930,6 +932,17 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
             settings.encode.framerate,
             SNAPSHOT_TIMEOUT,
         ));
+        let hls = config.hls.enabled.then(|| {
+            Arc::new(Hls::new(
+                media.clone(),
+                consumers.clone(),
+                viewer_access.clone(),
+                config.video.keyframe_interval,
+                config.hls.idle_stop,
+                config.server.allowed_origins.clone().into(),
+            ))
+        });
+        hls_output = hls.clone();
         let observer = Arc::new(CameraObserver {
             media: media.clone(),
             camera: camera_state.clone(),
@@ -939,16 +952,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
                 .then(|| Arc::new(Mjpeg::new(snapshots.clone(), config.camera.mjpeg_fps))),
             snapshots,
             rtmp: pushes.clone(),
-            hls: config.hls.enabled.then(|| {
-                Arc::new(Hls::new(
-                    media.clone(),
-                    consumers.clone(),
-                    viewer_access.clone(),
-                    config.video.keyframe_interval,
-                    config.hls.idle_stop,
-                    config.server.allowed_origins.clone().into(),
-                ))
-            }),
+            hls,
             recordings: Arc::new(Recordings {
                 recorder: recorder.clone(),
                 access: viewer_access.clone(),
@@ -1085,6 +1089,9 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
     notify::notify("STOPPING=1");
     shutdown.cancel();
     wait_tasks(tasks).await;
+    if let Some(h) = hls_output {
+        h.remove_files();
+    }
     media.stop();
     Ok(())
 }

@@ -11,6 +11,19 @@ use std::time::Duration;
 
 use crate::media::pipeline::{EncodedFrame, MediaPipeline};
 
+/// How far an output may fall behind the bus (a stalled disk, an RTMP server or uplink that
+/// does not take the stream): its queues hold this much, and once as much again waits in its
+/// appsrc the feed fails, instead of holding ever more of the stream in memory.
+pub const MAX_BACKLOG: Duration = Duration::from_secs(10);
+
+/// A launch fragment: a queue that holds up to [`MAX_BACKLOG`] of stream and then blocks.
+fn backlog_queue(name: &str) -> String {
+    format!(
+        "queue name={name} max-size-buffers=0 max-size-bytes=0 max-size-time={}",
+        MAX_BACKLOG.as_nanos()
+    )
+}
+
 /// The caps of the bus's H.264 as its appsink took them (byte-stream H.264 in access units
 /// when it has not negotiated yet).
 pub fn video_caps(media: &MediaPipeline) -> gst::Caps {
@@ -39,8 +52,8 @@ pub fn aac_source_caps(media: &MediaPipeline, what: &str) -> Option<gst::Caps> {
 /// A launch fragment: appsrc `<prefix>v` with the H.264, parsed, queued, into `into`.
 pub fn video_branch(prefix: &str, into: &str) -> String {
     format!(
-        "appsrc name={prefix}v format=time max-bytes=0 ! h264parse ! queue name={prefix}vq \
-         max-size-buffers=0 max-size-bytes=0 max-size-time=0 ! {into}"
+        "appsrc name={prefix}v format=time max-bytes=0 ! h264parse ! {} ! {into}",
+        backlog_queue(&format!("{prefix}vq"))
     )
 }
 
@@ -48,9 +61,16 @@ pub fn video_branch(prefix: &str, into: &str) -> String {
 /// `into`.
 pub fn aac_branch(prefix: &str, into: &str) -> String {
     format!(
-        "appsrc name={prefix}a format=time max-bytes=0 ! queue name={prefix}aq \
-         max-size-buffers=0 max-size-bytes=0 max-size-time=0 ! opusdec ! audioconvert ! \
-         audioresample ! voaacenc ! aacparse ! {into}"
+        "{} ! opusdec ! audioconvert ! audioresample ! voaacenc ! aacparse ! {into}",
+        audio_branch(prefix)
+    )
+}
+
+/// A launch fragment: appsrc `<prefix>a` with the Opus, queued, to be linked on.
+pub fn audio_branch(prefix: &str) -> String {
+    format!(
+        "appsrc name={prefix}a format=time max-bytes=0 ! {}",
+        backlog_queue(&format!("{prefix}aq"))
     )
 }
 
@@ -178,7 +198,22 @@ impl Feed {
             .map_err(|e| FeedError::Write(self.error_or(e)))?;
         self.frames += 1;
         self.last = self.last.max(pts);
-        self.check()
+        self.check()?;
+        self.check_backlog(&self.video)
+    }
+
+    /// `Err` once more than [`MAX_BACKLOG`] waits in `src` (its queue downstream is full too).
+    fn check_backlog(&self, src: &gst_app::AppSrc) -> Result<(), FeedError> {
+        let waiting = Duration::from_nanos(src.property::<u64>("current-level-time"));
+        if waiting > MAX_BACKLOG {
+            return Err(FeedError::Write(format!(
+                "the {} output falls behind: over {} s of stream waiting (a disk or connection \
+                 that does not keep up)",
+                self.what,
+                (MAX_BACKLOG * 2).as_secs()
+            )));
+        }
+        Ok(())
     }
 
     /// Append an audio packet (skipped when it is from before the segment's start, or when the
@@ -199,7 +234,7 @@ impl Feed {
         audio
             .push_buffer(buf)
             .map_err(|e| FeedError::Write(self.error_or(e)))?;
-        Ok(())
+        self.check_backlog(audio)
     }
 
     /// The first error the pipeline reported, if any (a write that failed).
@@ -243,15 +278,25 @@ impl Feed {
         result
     }
 
-    /// Stop at once, without finishing (after a write error).
-    pub fn abort(self) {
-        let _ = self.pipeline.set_state(gst::State::Null);
-    }
+    /// Stop at once, without finishing (after a write error); see the `Drop` impl.
+    pub fn abort(self) {}
 }
 
 impl Drop for Feed {
+    /// Stopping waits for the pipeline's streaming threads, which a stalled disk or connection
+    /// can hold: on the async runtime it is done on a blocking thread, so a stuck output never
+    /// holds up one of the runtime's workers.
     fn drop(&mut self) {
-        let _ = self.pipeline.set_state(gst::State::Null);
+        let pipeline = self.pipeline.clone();
+        let stop = move || {
+            let _ = pipeline.set_state(gst::State::Null);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(stop);
+            }
+            Err(_) => stop(),
+        }
     }
 }
 
@@ -275,5 +320,53 @@ fn take_error(pipeline: &gst::Pipeline) -> Option<String> {
             )
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::time::Instant;
+
+    #[test]
+    fn an_output_that_stops_taking_the_stream_fails_instead_of_filling_memory() {
+        gst::init().unwrap();
+        // A sink that takes 10 buffers a second of a 30 fps stream: ever further behind.
+        let desc = format!(
+            "appsrc name=tv format=time max-bytes=0 ! {} ! identity sleep-time=100000 ! \
+             fakesink sync=false async=false",
+            backlog_queue("tvq")
+        );
+        let caps = gst::Caps::builder("video/x-h264").build();
+        let spec = FeedSpec {
+            what: "test",
+            desc: &desc,
+            sources: ("tv", "ta"),
+            video_caps: &caps,
+            audio_caps: None,
+        };
+        let mut feed = Feed::open(spec, Duration::ZERO, |_| Ok(())).unwrap();
+        let mut failed_at = None;
+        for n in 0..3000u64 {
+            let f = EncodedFrame {
+                data: Bytes::from_static(&[0, 0, 0, 1, 0x65, 0x88]),
+                pts: Duration::from_millis(n * 33),
+                duration: Some(Duration::from_millis(33)),
+                keyframe: true,
+                at: Instant::now(),
+            };
+            if let Err(e) = feed.push_video(&f) {
+                assert!(e.to_string().contains("falls behind"), "{e}");
+                failed_at = Some(n);
+                break;
+            }
+            // Time for the appsrc's thread to hand frames on to the queue, as at 30 fps.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let n = failed_at.expect("the feed failed before 100 s of stream were waiting");
+        // 10 s in the queue and 10 s in the appsrc, less the little the sink took: ~600 frames.
+        assert!((550..=800).contains(&n), "failed after {n} frames");
+        feed.abort();
     }
 }

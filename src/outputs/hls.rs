@@ -30,7 +30,8 @@ use tokio::sync::broadcast;
 const PLAYLIST_LENGTH: u32 = 5;
 /// Segments kept on disk (a player a little behind still finds its next one).
 const KEEP_FILES: u32 = 10;
-/// How long the first playlist request waits for the segmenter's first segments.
+/// How long the first playlist request waits for the segmenter's first segments (longer with
+/// long keyframe intervals: two segments and 5 s).
 const FIRST_PLAYLIST_WAIT: Duration = Duration::from_secs(15);
 /// A bus time gap this long between two frames is a capture restart.
 const GAP: Duration = Duration::from_secs(3);
@@ -69,13 +70,16 @@ impl Hls {
             std::process::id(),
             rand::random::<u32>()
         ));
+        let target = keyframe_interval.as_secs_f64().ceil().max(1.0) as u32;
         Self {
             media,
             demand,
             access,
             dir,
-            target: keyframe_interval.as_secs_f64().ceil().max(1.0) as u32,
-            idle_stop,
+            target,
+            // A player asks once a segment: with long keyframe intervals a short idle-stop
+            // would end the segmenter between its requests.
+            idle_stop: idle_stop.max(Duration::from_secs(u64::from(target) * 2 + 5)),
             allowed_origins,
             last_request: Mutex::new(Instant::now()),
             running: AtomicBool::new(false),
@@ -87,6 +91,11 @@ impl Hls {
     /// Whether the segmenter runs now.
     pub fn running(&self) -> bool {
         self.running.load(Ordering::Acquire)
+    }
+
+    /// Delete the segments and playlist (at exit: the segmenter is not a tracked task).
+    pub fn remove_files(&self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 
     fn playlist(&self) -> PathBuf {
@@ -130,9 +139,15 @@ impl Hls {
 
     async fn run_segmenter(&self) -> Result<(), FeedError> {
         let _ = tokio::fs::remove_dir_all(&self.dir).await;
-        tokio::fs::create_dir_all(&self.dir)
-            .await
-            .map_err(|e| FeedError::Write(format!("cannot create {}: {e}", self.dir.display())))?;
+        // Its own directory, readable by campeer only (other users may share /tmp).
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().mode(0o700).create(&dir)
+        })
+        .await
+        .map_err(|e| FeedError::Write(e.to_string()))?
+        .map_err(|e| FeedError::Write(format!("cannot create {}: {e}", self.dir.display())))?;
         let keyframes: Arc<dyn KeyframeSource> = Arc::new(self.media.keyframes.clone());
         let mut video = Subscription::new(
             &self.media.video,
@@ -157,15 +172,10 @@ impl Hls {
                         None => break,
                     };
                     if last_pts.is_some_and(|p| f.pts < p || f.pts > p + GAP) {
-                        // Capture restarted: its clock began again. Start the stream over.
-                        if let Some(old) = feed.take() {
-                            old.abort();
-                        }
-                        if !f.keyframe {
-                            video.restart();
-                            last_pts = None;
-                            continue;
-                        }
+                        // Capture restarted: its clock began again. The segmenter ends (and
+                        // its files go) rather than number segments from 0 under a playlist
+                        // players already hold; their next request starts it afresh.
+                        return Err(FeedError::Write("capture restarted".into()));
                     }
                     last_pts = Some(f.pts);
                     if feed.is_none() {
@@ -372,8 +382,11 @@ async fn answer(
 
 async fn playlist(hls: &Arc<Hls>, token: Option<&str>) -> Response {
     hls.touch();
-    let deadline = Instant::now() + FIRST_PLAYLIST_WAIT;
+    let deadline = Instant::now()
+        + FIRST_PLAYLIST_WAIT.max(Duration::from_secs(u64::from(hls.target) * 2 + 5));
     loop {
+        // A player waiting here is a player: the segmenter is not idle.
+        hls.seen();
         // hlssink2 writes the playlist once its first segment is complete.
         if let Ok(text) = tokio::fs::read_to_string(hls.playlist()).await
             && text.contains("#EXTINF")

@@ -44,19 +44,56 @@ pub struct RtmpPush {
     pub failures: AtomicU64,
 }
 
-/// `url` without its stream key (the last path element and any query): what may be logged.
+/// `url` without its stream key (the last path element and any query) and without a user or
+/// password: what may be logged.
 pub fn without_key(url: &str) -> String {
     let no_query = url.split(['?', '#']).next().unwrap_or(url);
     let Some((scheme, rest)) = no_query.split_once("://") else {
         return "<not an rtmp:// URL>".into();
     };
     let mut parts: Vec<&str> = rest.split('/').collect();
+    // user:password@host shows the host only.
+    if let Some(host) = parts.first_mut()
+        && let Some((_, h)) = host.rsplit_once('@')
+    {
+        *host = h;
+    }
+    while parts.len() > 1 && parts.last().is_some_and(|p| p.is_empty()) {
+        parts.pop();
+    }
     if parts.len() > 2 {
         parts.pop();
         format!("{scheme}://{}/…", parts.join("/"))
     } else {
-        format!("{scheme}://{rest}")
+        format!("{scheme}://{}", parts.join("/"))
     }
+}
+
+/// `text` with every secret of `url` (its stream key, user and password) replaced by `…`:
+/// a server's error message may quote them.
+fn scrub(text: &str, url: &str) -> String {
+    let no_query = url.split(['?', '#']).next().unwrap_or(url);
+    let rest = no_query
+        .split_once("://")
+        .map(|(_, r)| r)
+        .unwrap_or(no_query);
+    let mut secrets: Vec<&str> = Vec::new();
+    if let Some(key) = rest.trim_end_matches('/').rsplit('/').next()
+        && rest.contains('/')
+    {
+        secrets.push(key);
+    }
+    if let Some((userinfo, _)) = rest.split('/').next().and_then(|h| h.rsplit_once('@')) {
+        secrets.extend(userinfo.split(':'));
+    }
+    if let Some(q) = url.split_once('?').map(|(_, q)| q) {
+        secrets.push(q);
+    }
+    let mut out = text.to_owned();
+    for s in secrets.into_iter().filter(|s| s.len() >= 3) {
+        out = out.replace(s, "…");
+    }
+    out
 }
 
 impl RtmpPush {
@@ -93,10 +130,12 @@ pub async fn run(
         push.failures.fetch_add(1, Ordering::Relaxed);
         let why = match outcome {
             Ok(()) => return, // the media bus closed: the daemon is stopping
-            Err(e) => e.to_string(),
+            Err(e) => scrub(&e.to_string(), &push.url),
         };
         if started.elapsed() > HELD {
             backoff = BACKOFF_MIN;
+            // A connection held in between: the next failure is news again.
+            logged_failure = None;
         }
         // The same failure again (a server that stays down) is logged once, not every retry.
         if logged_failure.as_deref() != Some(why.as_str()) {
@@ -211,5 +250,20 @@ mod tests {
         assert_eq!(without_key("rtmp://host/app"), "rtmp://host/app");
         assert_eq!(without_key("nonsense"), "<not an rtmp:// URL>");
         assert!(!without_key("rtmp://h/a/b/KEY").contains("KEY"));
+        assert_eq!(without_key("rtmp://host/app/KEY/"), "rtmp://host/app/…");
+        assert_eq!(
+            without_key("rtmp://user:pa55@host:1935/app/KEY"),
+            "rtmp://host:1935/app/…"
+        );
+    }
+
+    #[test]
+    fn server_messages_lose_the_secrets_they_quote() {
+        let url = "rtmp://user:pa55word@host/app/sk_live_123?auth=zz9";
+        let msg = "publish denied for sk_live_123 (user user, pa55word, auth=zz9)";
+        let out = scrub(msg, url);
+        for secret in ["sk_live_123", "pa55word", "auth=zz9"] {
+            assert!(!out.contains(secret), "{out}");
+        }
     }
 }

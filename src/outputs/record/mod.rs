@@ -68,8 +68,9 @@ impl Recorder {
             segment: config.segment,
             retention: store::Retention {
                 keep: (!config.keep.is_zero()).then_some(config.keep),
-                max_bytes: (config.max_disk_mb > 0).then(|| config.max_disk_mb * 1024 * 1024),
-                min_free: config.min_free_mb * 1024 * 1024,
+                max_bytes: (config.max_disk_mb > 0)
+                    .then(|| config.max_disk_mb.saturating_mul(1024 * 1024)),
+                min_free: config.min_free_mb.saturating_mul(1024 * 1024),
             },
             wanted: watch::channel(config.enabled).0,
             state: Mutex::new(State::default()),
@@ -371,11 +372,16 @@ async fn open(
     })
 }
 
-/// Finish `seg` off the runtime, then run retention.
+/// How long finishing a segment may take before the disk counts as not answering.
+const CLOSE_LIMIT: Duration = Duration::from_secs(15);
+
+/// Finish `seg` off the runtime, then run retention. A disk that does not answer (a hung
+/// network mount) is reported as a failure instead of stopping the recorder for good; the
+/// blocked thread is left to finish when it can.
 async fn close(recorder: &Arc<Recorder>, seg: Option<Open>) {
     let Some(seg) = seg else { return };
     let r = recorder.clone();
-    let _ = tokio::task::spawn_blocking(move || {
+    let closing = tokio::task::spawn_blocking(move || {
         let path = seg.writer.path().to_owned();
         let frames = seg.writer.feed.frames;
         let duration = seg.writer.feed.duration();
@@ -393,8 +399,13 @@ async fn close(recorder: &Arc<Recorder>, seg: Option<Open>) {
         }
         r.set_current(None);
         r.apply_retention();
-    })
-    .await;
+    });
+    if tokio::time::timeout(CLOSE_LIMIT, closing).await.is_err() {
+        recorder.fail(format!(
+            "finishing a segment took over {} s: the disk does not answer",
+            CLOSE_LIMIT.as_secs()
+        ));
+    }
 }
 
 /// Wait before the next try after a write error; `Err` on shutdown. Ends early when

@@ -4,7 +4,7 @@
 //! gathered. Its elements' names start with `rec`, and so do its streaming threads' names
 //! (`recv:src`, `recvq:src`, …): `top -H` and the recording benchmark tell its cost apart.
 
-use crate::outputs::feed::{Feed, FeedError, FeedSpec, video_branch};
+use crate::outputs::feed::{Feed, FeedError, FeedSpec, audio_branch, video_branch};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use std::path::{Path, PathBuf};
@@ -36,10 +36,9 @@ impl SegmentWriter {
             FRAGMENT.as_millis()
         );
         if audio_caps.is_some() {
-            desc.push_str(
-                "  appsrc name=reca format=time max-bytes=0 ! queue name=recaq \
-                 max-size-buffers=0 max-size-bytes=0 max-size-time=0 ! recmux.audio_0",
-            );
+            desc.push_str("  ");
+            desc.push_str(&audio_branch("rec"));
+            desc.push_str(" ! recmux.audio_0");
         }
         let spec = FeedSpec {
             what: "recording",
