@@ -47,6 +47,18 @@ window.runCycles = async (token, cycles) => {
       await new Promise((r) => setTimeout(r, 30));
     }
     if (decoded > 0) ok++;
+    else {
+      // What a user would have seen instead: kept for the test's failure message.
+      let packets = 0, bytes = 0, keyframes = 0;
+      (await pc.getStats()).forEach((s) => {
+        if (s.type === 'inbound-rtp' && s.kind === 'video') {
+          packets = s.packetsReceived || 0; bytes = s.bytesReceived || 0; keyframes = s.keyFramesDecoded || 0;
+        }
+      });
+      (window.cycleFailures = window.cycleFailures || []).push({
+        cycle: n, connection: pc.connectionState, ice: pc.iceConnectionState, packets, bytes, keyframes,
+      });
+    }
     pc.close();
     ws.send(JSON.stringify({ type: 'exit' }));
     inbox.length = 0;
@@ -77,7 +89,12 @@ async fn cycles(page: &mut Page, token: &str, n: u32) {
     for _ in 0..n / 10 {
         let t = std::time::Instant::now();
         let got = page.eval(&format!("window.runCycles({token:?}, 10)")).await;
-        assert_eq!(got.as_u64(), Some(10), "every cycle decodes video: {got}");
+        if got.as_u64() != Some(10) {
+            let failed = page
+                .eval("JSON.stringify(window.cycleFailures || [])")
+                .await;
+            panic!("every cycle decodes video within 5 s: {got} of 10 did; the others: {failed}");
+        }
         eprintln!("10 cycles in {:?}", t.elapsed());
     }
 }
