@@ -375,7 +375,7 @@ async fn open(
 /// How long finishing a segment may take before the disk counts as not answering.
 const CLOSE_LIMIT: Duration = Duration::from_secs(15);
 
-/// Finish `seg` off the runtime, then run retention. A disk that does not answer (a hung
+/// Finish `seg` off the runtime. A disk that does not answer (a hung
 /// network mount) is reported as a failure instead of stopping the recorder for good; the
 /// blocked thread is left to finish when it can.
 async fn close(recorder: &Arc<Recorder>, seg: Option<Open>) {
@@ -397,8 +397,9 @@ async fn close(recorder: &Arc<Recorder>, seg: Option<Open>) {
             }
             Err(e) => r.fail(e.to_string()),
         }
+        // Retention runs where the next segment opens (`room_to_write`) or recording stops
+        // (`run`), not here as well.
         r.set_current(None);
-        r.apply_retention();
     });
     if tokio::time::timeout(CLOSE_LIMIT, closing).await.is_err() {
         recorder.fail(format!(
