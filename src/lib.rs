@@ -4,8 +4,9 @@
 //!
 //! Modules: [`config`] (TOML + env + flags), [`signal`] (rooms, protocol, tokens, server, pages),
 //! [`media`] (sources, encoder choice, the pipeline, the bus its consumers share), [`camera`]
-//! (the WebRTC side: one connection per viewer), [`outputs`] (snapshots), [`daemon`] (lifecycle of `run` and `serve`), [`devices`],
-//! [`notify`] (systemd).
+//! (the WebRTC side: one connection per viewer, its feed, congestion control), [`outputs`]
+//! (snapshots, MJPEG, WHEP, recording, HLS, RTMP), [`observe`] (`/healthz` and `/metrics`),
+//! [`daemon`] (lifecycle of `run` and `serve`), [`devices`], [`notify`] (systemd).
 
 pub mod camera;
 pub mod cli;
@@ -14,5 +15,6 @@ pub mod daemon;
 pub mod devices;
 pub mod media;
 pub mod notify;
+pub mod observe;
 pub mod outputs;
 pub mod signal;

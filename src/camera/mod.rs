@@ -13,6 +13,7 @@
 //! a fresh connection.
 
 pub mod congestion;
+mod feed;
 pub mod peer;
 pub mod rtcp;
 pub mod turn_check;
