@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod firefox;
+pub mod fuzz;
 pub mod impair;
 pub mod loopback;
 pub mod mp4;
