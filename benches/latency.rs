@@ -27,7 +27,7 @@ mod stamp;
 
 use common::{Browser, Page, TempDir, impair};
 use procstat::{cpu_percent, status_kb};
-use stamp::{H, MEASURE_JS, W, start_campeer, start_stamper};
+use stamp::{H, MEASURE_JS, W, pct, start_campeer, start_stamper};
 
 fn cpu_ticks(pid: u32) -> u64 {
     procstat::cpu_ticks(Some(pid))
@@ -73,15 +73,6 @@ struct RunResult {
     ttff: f64,
     cpu: f64,
     rss_mb: f64,
-}
-
-fn pct(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    s[((s.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// One measured run: open the room page, wait for FRAMES presented frames, collect.

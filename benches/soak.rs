@@ -21,7 +21,7 @@ mod stamp;
 use common::{Browser, TempDir};
 use procstat::{cpu_percent, cpu_ticks, status_kb};
 use serde_json::Value;
-use stamp::{MEASURE_JS, start_campeer, start_stamper};
+use stamp::{MEASURE_JS, pct, start_campeer, start_stamper};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -32,15 +32,6 @@ fn minutes(var: &str, default: u64) -> u64 {
         .and_then(|v| v.parse().ok())
         .filter(|m| *m > 0)
         .unwrap_or(default)
-}
-
-fn pct(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    s[((s.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn fds(pid: u32) -> usize {

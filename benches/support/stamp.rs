@@ -151,3 +151,13 @@ pub fn start_campeer(socket: &str, mode: &str, ip: &str) -> (Campeer, String) {
     let url = cam.room_url();
     (cam, common::base_of(&url))
 }
+
+/// The `p` quantile (0..1) of `v`, NaN when empty.
+pub fn pct(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[((s.len() as f64 - 1.0) * p).round() as usize]
+}
