@@ -45,6 +45,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
+/// Presented frames per run (≥ 900 after the first 30); CAMPEER_BENCH_FRAMES overrides.
 fn frames_per_run() -> usize {
     std::env::var("CAMPEER_BENCH_FRAMES")
         .ok()

@@ -10,11 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// The stamped picture's width and height.
 pub const W: usize = 1280;
 pub const H: usize = 720;
+/// The stamp: this many bits of Unix milliseconds, one cell of this many pixels each, in the
+/// top 32 rows.
 pub const CELLS: usize = 48;
 pub const CELL: usize = 24;
-/// Presented frames per run (≥ 900 after the first 30); CAMPEER_BENCH_FRAMES overrides.
 
 /// The stamper: 29.97 fps I420 frames with the time painted in, into shared memory.
 pub fn start_stamper(socket: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
