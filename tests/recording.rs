@@ -67,17 +67,19 @@ async fn thirty_seconds_make_three_ten_second_segments_that_play_with_picture_an
     let base = base_of(&url);
     let (_, token) = ws_of(&url);
     let token = token.expect("the room needs a token");
+    // The next segment's file is created on the keyframe after a segment is closed (the log
+    // line comes first), so wait for both: three closed, and a fourth begun.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while closed_count(&cam) < 3 {
+    while closed_count(&cam) < 3 || segments(dir.path()).len() < 4 {
         assert!(
             Instant::now() < deadline,
-            "three segments not closed in 60 s:\n{}",
+            "three segments not closed and a fourth begun in 60 s: {:?}\n{}",
+            segments(dir.path()),
             cam.logs()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let files = segments(dir.path());
-    assert!(files.len() >= 4, "3 closed and 1 open segment: {files:?}");
     for f in &files[..3] {
         let d = decode(f);
         assert_eq!(d.error, None, "{} decodes", f.display());
