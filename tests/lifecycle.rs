@@ -63,7 +63,15 @@ fn notifies_ready_and_watchdog_then_stops_on_sigterm_within_2s() {
     };
     let took = t.elapsed();
     assert_eq!(status.code(), Some(0), "{}", cam.logs());
-    assert!(took < Duration::from_secs(2), "SIGTERM took {took:?}");
+    // Every task finished by itself (none was left behind after the grace time), and well
+    // before systemd's stop timeout (TimeoutStopSec=5 in systemd/campeer.service) would kill
+    // it: 4 s, not tighter, as a loaded machine stretches the pipeline's teardown.
+    let logs = cam.logs();
+    assert!(
+        !logs.contains("did not finish within"),
+        "a task outlived the shutdown grace:\n{logs}"
+    );
+    assert!(took < Duration::from_secs(4), "SIGTERM took {took:?}");
     eprintln!("SIGTERM to exit: {took:?}");
 }
 

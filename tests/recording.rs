@@ -106,10 +106,20 @@ async fn thirty_seconds_make_three_ten_second_segments_that_play_with_picture_an
     // The listing: newest first, the one being written marked, and only with the token.
     let (status, _) = http_get(&base, "/recordings").await;
     assert_eq!(status, 401, "a closed room's recordings need its token");
-    let (status, body) = http_get(&base, &format!("/recordings?token={token}")).await;
-    assert_eq!(status, 200, "{body}");
-    let json: serde_json::Value =
-        serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap_or("")).expect("JSON listing");
+    // Between closing a segment and opening the next (a moment every 10 s) nothing is open:
+    // a listing taken then is asked again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let json = loop {
+        let (status, body) = http_get(&base, &format!("/recordings?token={token}")).await;
+        assert_eq!(status, 200, "{body}");
+        let json: serde_json::Value =
+            serde_json::from_str(body.split("\r\n\r\n").nth(1).unwrap_or(""))
+                .expect("JSON listing");
+        if json["segments"][0]["open"] == true || Instant::now() > deadline {
+            break json;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let listed = json["segments"].as_array().expect("segments");
     assert!(listed.len() >= 4, "{json}");
     assert_eq!(
@@ -225,7 +235,7 @@ async fn retention_deletes_the_oldest_segments_and_nothing_else() {
     let dir = TempDir::new("rec-retention");
     std::fs::create_dir_all(dir.path()).unwrap();
     std::fs::write(dir.path().join("notes.txt"), b"not a recording").unwrap();
-    let (cam, url) = recording_camera(
+    let (mut cam, url) = recording_camera(
         dir.path(),
         &[
             ("CAMPEER__RECORD__SEGMENT", "\"2s\""),
@@ -267,12 +277,14 @@ async fn retention_deletes_the_oldest_segments_and_nothing_else() {
         dir.path().join("notes.txt").exists(),
         "other files are left alone"
     );
+    // The file goes first, then the counter and the log line (which reaches the test through
+    // a pipe): wait for the line, then read the counter.
+    cam.wait_log("recording deleted by retention", Duration::from_secs(5));
     let (_, metrics) = http_get(&base_of(&url), "/metrics").await;
     assert!(
         metric_value(&metrics, "campeer_recording_deleted_total").unwrap_or(0.0) >= 1.0,
         "{metrics}"
     );
-    assert!(cam.logs().contains("recording deleted by retention"));
 }
 
 /// A small tmpfs mounted for one test, unmounted on drop.

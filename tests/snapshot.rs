@@ -220,7 +220,9 @@ async fn an_idle_on_demand_camera_wakes_for_a_snapshot_and_sleeps_again() {
     assert_eq!((picture.width, picture.height), (320, 240));
     assert_smpte_bars(&picture);
     eprintln!("snapshot of an idle camera: {took:?}");
-    assert!(took < Duration::from_secs(2), "took {took:?}");
+    // It includes starting the pipeline and its first frame: a few seconds on a loaded
+    // machine, and under the daemon's own 5 s snapshot timeout.
+    assert!(took < Duration::from_secs(4), "took {took:?}");
 
     // Nobody else wants capture: it stops idle-stop later.
     cam.wait_log("capture stopped", Duration::from_secs(10));

@@ -114,7 +114,18 @@ async fn settled(cam: &Campeer, base: &str) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The count drops before the last viewer's connection has finished closing (its sockets
+    // go a moment later): wait until the fd count holds for a second (at most 10 s). A leak
+    // holds too, so it still shows in the comparison.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (mut last, mut since) = (fds(cam.pid()), std::time::Instant::now());
+    while since.elapsed() < Duration::from_secs(1) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = fds(cam.pid());
+        if now != last {
+            (last, since) = (now, std::time::Instant::now());
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

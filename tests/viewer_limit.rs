@@ -32,10 +32,12 @@ async fn the_viewer_over_the_limit_sees_why() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    cam.wait_log("viewer refused", Duration::from_secs(1));
-    // The first viewer keeps decoding.
+    cam.wait_log("viewer refused", Duration::from_secs(5));
+    // The first viewer keeps decoding: at least 20 fps over 3 s (not one 1 s sample, which a
+    // stall of the loaded test machine alone could spoil). Counted by getStats, as the first
+    // page is a background tab now, which presents no frames.
     let before = first.tiles().await[0].frames_decoded;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let after = first.tiles().await[0].frames_decoded;
-    assert!(after >= before + 20, "{before} → {after}");
+    assert!(after >= before + 60, "{before} → {after} in 3 s");
 }

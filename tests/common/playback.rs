@@ -169,3 +169,35 @@ impl std::fmt::Display for Watched {
         )
     }
 }
+
+/// Start noting, in the page itself, the longest time between presented frames of `target`'s
+/// video element, for as long as a test does something else ([`longest_gap`] reads it).
+/// Measured by the page's own clock (requestVideoFrameCallback), so a slow DevTools call on
+/// a loaded machine is not taken for a stall.
+pub async fn watch_gaps(page: &mut Page, target: (&str, &str)) {
+    let js = format!(
+        "(() => {{ const v = {}; const g = {{ last: performance.now(), worst: 0, frames: 0, on: true }}; \
+         window.campeerGaps = g; \
+         const cb = (now) => {{ g.worst = Math.max(g.worst, now - g.last); g.last = now; g.frames++; \
+           if (g.on) v.requestVideoFrameCallback(cb); }}; \
+         v.requestVideoFrameCallback(cb); return true; }})()",
+        target.1
+    );
+    assert_eq!(page.eval(&js).await, Value::Bool(true), "gap watch started");
+}
+
+/// Stop [`watch_gaps`]: the longest gap between presented frames since it started
+/// (counting the time since the last frame), ms, and the frames presented.
+pub async fn longest_gap(page: &mut Page) -> (f64, u64) {
+    let v = page
+        .eval(
+            "(() => { const g = window.campeerGaps; g.on = false; \
+             return JSON.stringify([Math.max(g.worst, performance.now() - g.last), g.frames]); })()",
+        )
+        .await;
+    let v: Value = serde_json::from_str(v.as_str().unwrap_or("[]")).unwrap_or_default();
+    (
+        v[0].as_f64().unwrap_or(f64::NAN),
+        v[1].as_u64().unwrap_or(0),
+    )
+}
