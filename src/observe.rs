@@ -184,11 +184,8 @@ impl Observer for CameraObserver {
         ));
         if let Some(m) = &self.mjpeg {
             out.push_str(&format!(
-                "# TYPE campeer_mjpeg_clients gauge
-campeer_mjpeg_clients {}
-                 # TYPE campeer_mjpeg_frames_total counter
-campeer_mjpeg_frames_total {}
-",
+                "# TYPE campeer_mjpeg_clients gauge\ncampeer_mjpeg_clients {}\n\
+                 # TYPE campeer_mjpeg_frames_total counter\ncampeer_mjpeg_frames_total {}\n",
                 m.clients(),
                 m.frames.load(Ordering::Relaxed),
             ));
