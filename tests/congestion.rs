@@ -83,6 +83,12 @@ async fn a_viewer_behind_1_mbit_watches_smoothly_beside_an_unlimited_one() {
     // Its first keyframe there, and the pacer's measure of the rung.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let encoded_before = rung1_bytes(&base).await;
+    // Cumulative: against the figures printed after the window, what the window itself cost
+    // (a failing run so far showed thousands more resends dropped, from a storm of NACKs).
+    eprintln!(
+        "congestion: before the window: {:?}",
+        metric(&base, "campeer_viewer_resends_dropped_total").await
+    );
     let (w, f) = tokio::join!(
         watch(&mut slow, WINDOW_S, CAMPEER_PAGE),
         watch(&mut fast, WINDOW_S, CAMPEER_PAGE)
