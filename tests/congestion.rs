@@ -86,15 +86,21 @@ async fn a_viewer_behind_1_mbit_watches_smoothly_beside_an_unlimited_one() {
     // Cumulative: against the figures printed after the window, what the window itself cost
     // (a failing run so far showed thousands more resends dropped, from a storm of NACKs).
     eprintln!(
-        "congestion: before the window: {:?}",
-        metric(&base, "campeer_viewer_resends_dropped_total").await
+        "congestion: before the window: {:?}; link: {}; the viewer's UDP receive-buffer drops: {:?}",
+        metric(&base, "campeer_viewer_resends_dropped_total").await,
+        link.stats(),
+        link.udp_receive_buffer_drops()
     );
     let (w, f) = tokio::join!(
         watch(&mut slow, WINDOW_S, CAMPEER_PAGE),
         watch(&mut fast, WINDOW_S, CAMPEER_PAGE)
     );
     let encoded = rung1_bytes(&base).await - encoded_before;
-    eprintln!("congestion: 1 Mbit/s viewer: {w}; link: {}", link.stats());
+    eprintln!(
+        "congestion: 1 Mbit/s viewer: {w}; link: {}; the viewer's UDP receive-buffer drops: {:?}",
+        link.stats(),
+        link.udp_receive_buffer_drops()
+    );
     eprintln!("congestion: unlimited viewer: {f}");
     let mut encoders = Vec::new();
     for m in [
@@ -102,6 +108,7 @@ async fn a_viewer_behind_1_mbit_watches_smoothly_beside_an_unlimited_one() {
         "campeer_viewer_rung",
         "campeer_viewer_late_drops_total",
         "campeer_viewer_resends_dropped_total",
+        "campeer_viewer_send_errors_total",
         "campeer_video_encoders_running",
         "campeer_rendition_viewers",
     ] {

@@ -141,6 +141,20 @@ impl ShapedNs {
             .trim()
             .to_owned()
     }
+
+    /// UDP datagrams the namespace's kernel dropped because a socket's receive buffer was full
+    /// (`RcvbufErrors` in its `/proc/net/snmp`): a receiver too slow to read, not the link.
+    pub fn udp_receive_buffer_drops(&self) -> Option<u64> {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.ns, "cat", "/proc/net/snmp"])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+        let (names, values) = (udp.next()?, udp.next()?);
+        let i = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+        values.split_whitespace().nth(i)?.parse().ok()
+    }
 }
 
 impl Drop for ShapedNs {
