@@ -155,6 +155,9 @@ impl Observer for CameraObserver {
                 ("campeer_viewer_resends_dropped_total", "counter", |v| {
                     v.resends_dropped.load(Ordering::Relaxed) as f64
                 }),
+                ("campeer_viewer_resends_stale_total", "counter", |v| {
+                    v.resends_stale.load(Ordering::Relaxed) as f64
+                }),
                 ("campeer_viewer_send_errors_total", "counter", |v| {
                     v.send_errors.load(Ordering::Relaxed) as f64
                 }),

@@ -108,6 +108,7 @@ async fn a_viewer_behind_1_mbit_watches_smoothly_beside_an_unlimited_one() {
         "campeer_viewer_rung",
         "campeer_viewer_late_drops_total",
         "campeer_viewer_resends_dropped_total",
+        "campeer_viewer_resends_stale_total",
         "campeer_viewer_send_errors_total",
         "campeer_video_encoders_running",
         "campeer_rendition_viewers",

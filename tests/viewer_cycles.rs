@@ -39,9 +39,15 @@ window.runCycles = async (token, cycles) => {
     const answer = await next((m) => m.type === 'answer', 5000);
     await pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
     const end = Date.now() + 5000;
-    let decoded = 0;
+    let decoded = 0, candidates = 0;
+    const refused = [], others = [];
     while (Date.now() < end && decoded === 0) {
-      for (const m of inbox.splice(0)) if (m.type === 'candidate' && m.candidate) await pc.addIceCandidate(m.candidate).catch(() => {});
+      for (const m of inbox.splice(0)) {
+        if (m.type === 'candidate' && m.candidate) {
+          candidates++;
+          await pc.addIceCandidate(m.candidate).catch((e) => refused.push(String(e)));
+        } else if (m.type !== 'candidate') others.push(m.type + (m.code ? ':' + m.code : ''));
+      }
       const stats = await pc.getStats();
       stats.forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') decoded = s.framesDecoded || 0; });
       await new Promise((r) => setTimeout(r, 30));
@@ -57,6 +63,7 @@ window.runCycles = async (token, cycles) => {
       });
       (window.cycleFailures = window.cycleFailures || []).push({
         cycle: n, connection: pc.connectionState, ice: pc.iceConnectionState, packets, bytes, keyframes,
+        candidates, refused: refused.slice(0, 3), others,
       });
     }
     pc.close();
@@ -84,7 +91,7 @@ fn fds(pid: u32) -> usize {
         .count()
 }
 
-async fn cycles(page: &mut Page, token: &str, n: u32) {
+async fn cycles(page: &mut Page, cam: &Campeer, token: &str, n: u32) {
     // Chunks of 10 keep each DevTools call short.
     for _ in 0..n / 10 {
         let t = std::time::Instant::now();
@@ -93,7 +100,19 @@ async fn cycles(page: &mut Page, token: &str, n: u32) {
             let failed = page
                 .eval("JSON.stringify(window.cycleFailures || [])")
                 .await;
-            panic!("every cycle decodes video within 5 s: {got} of 10 did; the others: {failed}");
+            let logs = cam.logs();
+            // The camera's side of it: its warnings, and viewers it let go before they left.
+            let said: Vec<&str> = logs
+                .lines()
+                .filter(|l| {
+                    (l.contains("WARN") && !l.contains("mDNS is disabled"))
+                        || (l.contains("viewer gone") && !l.contains("left the room"))
+                })
+                .collect();
+            let said = said[said.len().saturating_sub(20)..].join("\n");
+            panic!(
+                "every cycle decodes video within 5 s: {got} of 10 did; the others: {failed}; the camera's last warnings and departures:\n{said}"
+            );
         }
         eprintln!("10 cycles in {:?}", t.elapsed());
     }
@@ -144,12 +163,12 @@ async fn two_hundred_viewers_come_and_go_without_leaks() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     page.eval(CYCLE_JS).await;
 
-    cycles(&mut page, &token, 10).await;
+    cycles(&mut page, &cam, &token, 10).await;
     settled(&cam, &base).await;
     let (rss10, fd10) = (rss_kb(cam.pid()), fds(cam.pid()));
 
     let started = std::time::Instant::now();
-    cycles(&mut page, &token, 190).await;
+    cycles(&mut page, &cam, &token, 190).await;
     settled(&cam, &base).await;
     let (rss200, fd200) = (rss_kb(cam.pid()), fds(cam.pid()));
     eprintln!(

@@ -838,6 +838,11 @@ impl Camera {
         });
     }
 
+    /// Whether `conn` is the connection `id` has now (not one dropped before it called again).
+    fn is_current(&self, id: &PeerId, conn: u64) -> bool {
+        self.peers.get(id).is_some_and(|p| p.conn == conn)
+    }
+
     fn drop_peer(&mut self, id: &PeerId, why: &str) {
         self.peer_session.remove(id);
         self.outside.remove(id);
@@ -1151,9 +1156,9 @@ impl Camera {
         ev: PeerEvent,
     ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
         match ev {
-            PeerEvent::Candidate(viewer, candidate) => {
+            PeerEvent::Candidate(viewer, conn, candidate) => {
                 // A WHEP client gets its candidates in the answer.
-                if self.peers.contains_key(&viewer) && !self.outside.contains(&viewer) {
+                if self.is_current(&viewer, conn) && !self.outside.contains(&viewer) {
                     send(
                         ws,
                         &ClientMessage::Candidate {
@@ -1191,8 +1196,16 @@ impl Camera {
                     self.drop_peer(&viewer, &why);
                 }
             }
-            PeerEvent::State(viewer, state) => {
-                tracing::debug!(viewer = %viewer, %state, "viewer connection state");
+            PeerEvent::State(viewer, conn, state) => {
+                tracing::debug!(viewer = %viewer, conn, %state, "viewer connection state");
+                if !self.is_current(&viewer, conn) {
+                    // A connection already dropped (closing in the background) that the same
+                    // viewer has since replaced by calling again: not about the new call.
+                    if self.peers.contains_key(&viewer) {
+                        tracing::debug!(viewer = %viewer, conn, %state, "state of the viewer's previous connection, not its current one: ignored");
+                    }
+                    return;
+                }
                 match state {
                     RTCPeerConnectionState::Connected => {
                         if self.peers.contains_key(&viewer) {

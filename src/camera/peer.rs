@@ -141,13 +141,17 @@ pub fn offer_has_vp8(sdp: &str) -> bool {
         .any(|l| l.to_ascii_uppercase().contains(" VP8/90000"))
 }
 
+/// The next viewer connection's number ([`Peer::conn`]).
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
 /// Events a viewer's connection reports to the peer manager.
 #[derive(Debug)]
 pub enum PeerEvent {
-    /// A local ICE candidate to trickle (`None`: gathering done).
-    Candidate(PeerId, Option<IceCandidate>),
-    /// The connection's state changed.
-    State(PeerId, RTCPeerConnectionState),
+    /// A local ICE candidate of the viewer's connection number `u64` (see [`Peer::conn`]) to
+    /// trickle (`None`: gathering done).
+    Candidate(PeerId, u64, Option<IceCandidate>),
+    /// The viewer's connection number `u64` changed state.
+    State(PeerId, u64, RTCPeerConnectionState),
     /// `camera.connect-timeout` has passed since this viewer's call (its `serial`) was answered.
     ConnectDeadline(PeerId, u64),
     /// `camera.connect-timeout` has passed since this viewer joined the room.
@@ -158,6 +162,8 @@ pub enum PeerEvent {
 /// reference cycle can keep a closed connection alive.
 struct Events {
     viewer: PeerId,
+    /// Which of the viewer's connections this is ([`Peer::conn`]).
+    conn: u64,
     tx: mpsc::Sender<PeerEvent>,
     state: watch::Sender<RTCPeerConnectionState>,
     ice: watch::Sender<RTCIceConnectionState>,
@@ -177,7 +183,11 @@ impl PeerConnectionEventHandler for Events {
                 };
                 let _ = self
                     .tx
-                    .send(PeerEvent::Candidate(self.viewer.clone(), Some(cand)))
+                    .send(PeerEvent::Candidate(
+                        self.viewer.clone(),
+                        self.conn,
+                        Some(cand),
+                    ))
                     .await;
             }
             Err(e) => {
@@ -198,7 +208,7 @@ impl PeerConnectionEventHandler for Events {
         let _ = self.state.send(state);
         let _ = self
             .tx
-            .send(PeerEvent::State(self.viewer.clone(), state))
+            .send(PeerEvent::State(self.viewer.clone(), self.conn, state))
             .await;
     }
 }
@@ -238,6 +248,8 @@ pub struct PeerStats {
     pub pacing_shared: Arc<AtomicU64>,
     /// Retransmissions not sent: over the budget.
     pub resends_dropped: Arc<AtomicU64>,
+    /// Retransmissions not sent: their packet went out too long ago to help.
+    pub resends_stale: Arc<AtomicU64>,
 }
 
 /// How often a viewer's RTT and loss are sampled for `/metrics`.
@@ -323,6 +335,10 @@ pub struct PeerSetup {
 pub struct Peer {
     /// The connection.
     pub pc: Arc<dyn PeerConnection>,
+    /// This connection's number, unique in the process: a viewer that leaves and calls again
+    /// keeps its peer id, and the events its closed connection reports late must not be taken
+    /// for its new one's.
+    pub conn: u64,
     /// Counters.
     pub stats: Arc<PeerStats>,
     /// Stops this viewer's tasks.
@@ -497,7 +513,11 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
         // Wire-ward of the NACK responder (4_000), app-ward of the send history.
         .with(
             Slot::from(3_500),
-            RetransmissionBudget::new(stats.pacing_shared.clone(), stats.resends_dropped.clone()),
+            RetransmissionBudget::new(
+                stats.pacing_shared.clone(),
+                stats.resends_dropped.clone(),
+                stats.resends_stale.clone(),
+            ),
         );
     let config = RTCConfigurationBuilder::new()
         .with_ice_servers(setup.ice_servers)
@@ -510,8 +530,10 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
     let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
     let (ice_tx, ice_rx) = watch::channel(RTCIceConnectionState::New);
     let (gathering_tx, gathering) = watch::channel(RTCIceGatheringState::New);
+    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let handler = Arc::new(Events {
         viewer: setup.viewer.clone(),
+        conn,
         tx: setup.events.clone(),
         state: state_tx,
         ice: ice_tx,
@@ -661,6 +683,7 @@ pub async fn answer(setup: PeerSetup, offer: String) -> Result<(Peer, String), P
     Ok((
         Peer {
             pc,
+            conn,
             stats,
             cancel,
             codec: setup.codec,
