@@ -11,69 +11,50 @@
 //! process joins with one random `instance`, so on rejoining the server retires the connection
 //! it replaces at once. Viewers keep streaming meanwhile; their next offer after a rejoin starts
 //! a fresh connection.
+//!
+//! This file holds that task: its run loop, who is in the room and each viewer's call. Beside
+//! it: [`signal_client`] (the WebSocket to the server), [`calls`] (taking a call: limit, codec,
+//! answer; WHEP's [`CallCommand`]), [`ice`] (each call's ICE servers and the TURN checks),
+//! [`peer`] and [`feed`] (one viewer's connection and what it is sent), [`rtcp`] (its RTCP),
+//! [`congestion`] (its estimate and rung).
 
+mod calls;
 pub mod congestion;
 mod feed;
+mod ice;
 pub mod peer;
 pub mod rtcp;
+mod signal_client;
 pub mod turn_check;
 pub mod turn_tcp;
 mod warn_gate;
 
-use crate::media::pipeline::MediaPipeline;
-use crate::signal::protocol::{
-    ClientMessage, ErrorCode, IceCandidate, IceServer, PeerId, Role, ServerMessage,
+pub use calls::{CallCommand, OpenedCall, Refusal, offered_codecs};
+use ice::earliest_turn_expiry;
+pub use signal_client::{
+    ConnectError, FAST_BACKOFF, FAST_RETRY_FOR, HANDSHAKE_TIMEOUT, MAX_BACKOFF, PING_EVERY,
+    SILENCE_LIMIT, SignalConnector, TCP_CONNECT_TIMEOUT, backoff, reconnect_backoff,
 };
+use signal_client::{Ws, refusal, reject, send};
+
+use crate::media::pipeline::MediaPipeline;
+use crate::signal::protocol::{ClientMessage, ErrorCode, IceServer, PeerId, Role, ServerMessage};
 use crate::signal::token::TokenKey;
 use futures_util::{SinkExt, StreamExt};
-use peer::{Peer, PeerEvent, PeerSetup, PeerStats};
+use peer::{Peer, PeerEvent, PeerStats};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warn_gate::{WarnGate, warn_gated};
-use webrtc::peer_connection::{RTCIceServer, RTCPeerConnectionState};
-
-/// A camera asks its server for fresh TURN credentials this long before those it has expire.
-const ICE_REFRESH_BEFORE: Duration = Duration::from_secs(600);
-
-/// The earliest expiry (Unix seconds) of the TURN REST credentials among `servers`: their
-/// user names are `<expiry>:<peer>`.
-fn earliest_turn_expiry(servers: &[IceServer]) -> Option<u64> {
-    servers
-        .iter()
-        .filter_map(|s| {
-            s.username
-                .as_deref()?
-                .split_once(':')?
-                .0
-                .parse::<u64>()
-                .ok()
-        })
-        .min()
-}
+use webrtc::peer_connection::RTCPeerConnectionState;
 
 /// Warnings anyone can cause pass at most once per this interval (see [`warn_gate`]).
 const WARN_EVERY: Duration = Duration::from_secs(10);
-
-/// Longest wait between reconnection attempts.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// Longest wait between attempts during the first [`FAST_RETRY_FOR`] of an outage.
-pub const FAST_BACKOFF: Duration = Duration::from_secs(1);
-/// How long after losing a working connection the camera retries at [`FAST_BACKOFF`].
-pub const FAST_RETRY_FOR: Duration = Duration::from_secs(60);
-/// How often the camera pings the signaling server.
-pub const PING_EVERY: Duration = Duration::from_secs(5);
-/// Silence (no frame, not even a pong) after which the signaling connection counts as lost.
-pub const SILENCE_LIMIT: Duration = Duration::from_secs(15);
-/// Time allowed for the TCP connection to the signaling server (the SYN is resent after 1 s).
-pub const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Time allowed for the TLS and WebSocket handshakes after TCP connects.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the camera proves it may join.
 #[derive(Clone, Debug)]
@@ -150,179 +131,11 @@ pub struct CameraState {
 }
 
 impl CameraState {
-    /// Record one TURN check verdict; switches to relay-only once UDP is silent and TCP works.
-    fn turn_verdict(&self, tcp: bool, answered: bool) {
-        match (tcp, answered) {
-            (false, false) => self.turn_udp_silent.store(true, Ordering::Relaxed),
-            (true, true) => self.turn_tcp_ok.store(true, Ordering::Relaxed),
-            _ => {}
-        }
-        if self.turn_udp_silent.load(Ordering::Relaxed)
-            && self.turn_tcp_ok.load(Ordering::Relaxed)
-            && !self.relay_auto.swap(true, Ordering::Relaxed)
-        {
-            tracing::warn!(
-                "UDP gets no answer from the TURN server but TCP does: this network blocks UDP, so new viewers use the TURN relay only (over TCP)"
-            );
-        }
-    }
-}
-
-impl CameraState {
     /// Number of live viewer connections.
     pub fn viewer_count(&self) -> usize {
         self.viewers.lock().map(|v| v.len()).unwrap_or(0)
     }
 }
-
-/// How long an offer waits for a passed-through source's first SPS.
-const PASSTHROUGH_SPS_WAIT: Duration = Duration::from_secs(3);
-
-/// Backoff for attempt `n` (0-based): 0.5 s doubling, capped at [`MAX_BACKOFF`], ±25 % jitter.
-pub fn backoff(n: u32) -> Duration {
-    let base = Duration::from_millis(500)
-        .saturating_mul(1 << n.min(5))
-        .min(MAX_BACKOFF);
-    let jitter = 0.75 + rand::random::<f64>() * 0.5;
-    base.mul_f64(jitter).min(MAX_BACKOFF)
-}
-
-/// Backoff for attempt `n` when the last working connection was lost `since_loss` ago:
-/// at most [`FAST_BACKOFF`] during the first [`FAST_RETRY_FOR`], [`backoff`] after.
-pub fn reconnect_backoff(n: u32, since_loss: Option<Duration>) -> Duration {
-    match since_loss {
-        Some(d) if d < FAST_RETRY_FOR => backoff(n).min(FAST_BACKOFF),
-        _ => backoff(n),
-    }
-}
-
-/// Why the signaling server could not be reached.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// The URL is not a usable `ws://`/`wss://` URL.
-    #[error("bad signaling URL: {0}")]
-    Url(String),
-    /// Name resolution or TCP failed.
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    /// No TCP connection within [`TCP_CONNECT_TIMEOUT`].
-    #[error("no TCP connection within {0:?}")]
-    TcpTimeout(Duration),
-    /// TLS or WebSocket handshake failed.
-    #[error("{0}")]
-    Handshake(#[from] tokio_tungstenite::tungstenite::Error),
-    /// Handshake took longer than [`HANDSHAKE_TIMEOUT`].
-    #[error("TLS/WebSocket handshake took longer than {0:?}")]
-    HandshakeTimeout(Duration),
-    /// The extra CA file could not be used.
-    #[error("signal CA {path}: {reason}")]
-    Ca {
-        /// The file.
-        path: String,
-        /// What was wrong.
-        reason: String,
-    },
-}
-
-/// A rustls client config trusting the system's roots plus the certificates in `ca`.
-fn tls_connector(
-    ca: Option<&std::path::Path>,
-) -> Result<tokio_tungstenite::Connector, ConnectError> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(path) = ca {
-        let shown = path.display().to_string();
-        let pem = std::fs::read(path).map_err(|e| ConnectError::Ca {
-            path: shown.clone(),
-            reason: e.to_string(),
-        })?;
-        let mut added = 0;
-        use rustls::pki_types::{CertificateDer, pem::PemObject};
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| ConnectError::Ca {
-                path: shown.clone(),
-                reason: e.to_string(),
-            })?;
-            roots.add(cert).map_err(|e| ConnectError::Ca {
-                path: shown.clone(),
-                reason: e.to_string(),
-            })?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(ConnectError::Ca {
-                path: shown,
-                reason: "no PEM certificate in the file".into(),
-            });
-        }
-    }
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_tungstenite::Connector::Rustls(Arc::new(config)))
-}
-
-/// Opens the WebSocket to the signaling server: TCP within [`TCP_CONNECT_TIMEOUT`], then TLS
-/// (for `wss://`) and the WebSocket handshake within [`HANDSHAKE_TIMEOUT`]. The TLS client
-/// config (system roots plus `ca`) is built on first use and kept for every reconnection.
-pub struct SignalConnector {
-    ca: Option<std::path::PathBuf>,
-    tls: Option<tokio_tungstenite::Connector>,
-}
-
-impl SignalConnector {
-    /// A connector trusting the system's roots plus the certificates in `ca`.
-    pub fn new(ca: Option<std::path::PathBuf>) -> Self {
-        Self { ca, tls: None }
-    }
-
-    /// Connect to `url` (`ws://` or `wss://`).
-    pub async fn connect(&mut self, url: &str) -> Result<Ws, ConnectError> {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let bad_url = || ConnectError::Url(url.to_owned());
-        let request = url.into_client_request().map_err(|_| bad_url())?;
-        let uri = request.uri();
-        let tls = match uri.scheme_str() {
-            Some("wss") => true,
-            Some("ws") => false,
-            _ => return Err(bad_url()),
-        };
-        let host = uri.host().ok_or_else(bad_url)?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let tcp = tokio::time::timeout(
-            TCP_CONNECT_TIMEOUT,
-            tokio::net::TcpStream::connect((host.as_str(), port)),
-        )
-        .await
-        .map_err(|_| ConnectError::TcpTimeout(TCP_CONNECT_TIMEOUT))??;
-        let _ = tcp.set_nodelay(true);
-        let connector = if tls {
-            if self.tls.is_none() {
-                self.tls = Some(tls_connector(self.ca.as_deref())?);
-            }
-            self.tls.clone()
-        } else {
-            Some(tokio_tungstenite::Connector::Plain)
-        };
-        let (ws, _) = tokio::time::timeout(
-            HANDSHAKE_TIMEOUT,
-            tokio_tungstenite::client_async_tls_with_config(request, tcp, None, connector),
-        )
-        .await
-        .map_err(|_| ConnectError::HandshakeTimeout(HANDSHAKE_TIMEOUT))??;
-        Ok(ws)
-    }
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 struct Camera {
     settings: CameraSettings,
@@ -521,16 +334,8 @@ pub async fn run(
             wait
         };
         attempt += 1;
-        // Drain peer events while disconnected so state changes (failures) are still handled.
-        let sleep = tokio::time::sleep(wait);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                _ = &mut sleep => break,
-                Some(ev) = events_rx.recv() => cam.on_peer_event_offline(ev),
-                Some(cmd) = calls.recv() => cam.on_call_command(cmd).await,
-                _ = shutdown.cancelled() => break 'outer,
-            }
+        if !cam.serve_offline(wait, &mut events_rx, &mut calls).await {
+            break 'outer;
         }
     }
     // Shutdown: close every viewer, bounded.
@@ -543,241 +348,7 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), cam.tasks.wait()).await;
 }
 
-/// Calls that reach the camera other than through its room (WHEP), sent to the task that owns
-/// the viewers. Each carries the channel its answer goes back on.
-#[derive(Debug)]
-pub enum CallCommand {
-    /// Answer `offer` with a new viewer connection.
-    Open {
-        /// The client's SDP offer.
-        offer: String,
-        /// The session's id and its answer, or why not.
-        reply: oneshot::Sender<Result<OpenedCall, Refusal>>,
-    },
-    /// Remote candidates for `session` (trickled by the client).
-    Candidates {
-        /// The session.
-        session: PeerId,
-        /// Its candidates, in order.
-        candidates: Vec<IceCandidate>,
-        /// `false` when there is no such session.
-        reply: oneshot::Sender<bool>,
-    },
-    /// End `session` now.
-    End {
-        /// The session.
-        session: PeerId,
-        /// `false` when there was no such session.
-        reply: oneshot::Sender<bool>,
-    },
-}
-
-/// A call taken through [`CallCommand::Open`].
-pub struct OpenedCall {
-    /// Its id among the camera's viewers (`/metrics` names it).
-    pub session: PeerId,
-    /// Its answer, complete once its candidates are gathered.
-    pub answer: peer::AnswerSource,
-}
-
-impl std::fmt::Debug for OpenedCall {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenedCall")
-            .field("session", &self.session)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Why a call was not taken: a protocol error code and a message for the viewer.
-#[derive(Debug)]
-pub struct Refusal {
-    /// `max-viewers`, `no-h264` or `answer-failed`.
-    pub code: &'static str,
-    /// What the viewer's page or player shows.
-    pub message: String,
-}
-
-/// Refuse or end `to`'s call with `code` and a message the viewer's page shows.
-async fn reject(
-    ws: &mut Ws,
-    to: PeerId,
-    code: &str,
-    message: String,
-) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    send(
-        ws,
-        &ClientMessage::Reject {
-            to,
-            code: code.into(),
-            message,
-        },
-    )
-    .await
-}
-
-async fn send(
-    ws: &mut Ws,
-    msg: &ClientMessage,
-) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    // ClientMessage holds only strings and options; serialization cannot fail.
-    let text = serde_json::to_string(msg).unwrap_or_default();
-    ws.send(Message::Text(text.into())).await
-}
-
 impl Camera {
-    /// The camera's ICE servers (config first, then the server's `created`), each once.
-    fn ice_servers(&self) -> Vec<IceServer> {
-        let mut ice = self.settings.ice.for_peer("camera", SystemTime::now());
-        // The embedded server hands back the same static entries: keep each once.
-        for s in &self.server_ice {
-            if !ice
-                .iter()
-                .any(|c| c.urls == s.urls && c.username == s.username)
-            {
-                ice.push(s.clone());
-            }
-        }
-        ice
-    }
-
-    /// Whether to ask the server for fresh ICE servers: the TURN credentials it gave expire
-    /// within [`ICE_REFRESH_BEFORE`] (or have), and none were asked for in the last minute.
-    fn wants_fresh_ice(&mut self, now: SystemTime) -> bool {
-        let Some(expiry) = earliest_turn_expiry(&self.server_ice) else {
-            return false;
-        };
-        let now_s = now
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if expiry > now_s + ICE_REFRESH_BEFORE.as_secs() {
-            return false;
-        }
-        let t = tokio::time::Instant::now();
-        if self
-            .ice_asked
-            .is_some_and(|asked| t.duration_since(asked) < Duration::from_secs(60))
-        {
-            return false;
-        }
-        self.ice_asked = Some(t);
-        true
-    }
-
-    /// The UDP address webrtc-rs should use for the TURN server behind `url`: the server itself
-    /// for UDP, the local TURN-over-TCP bridge for `?transport=tcp`; `None` for `turns:`.
-    async fn turn_udp_target(&mut self, parsed: &turn_tcp::TurnUrl, url: &str) -> Option<String> {
-        if parsed.secure {
-            if self.skipped.insert(url.to_owned()) {
-                tracing::warn!(url = %url, "TURN over TLS (turns:) is not supported by the camera yet; this URL is skipped (viewers still use it). Add a turn:…?transport=tcp URL for networks that block UDP");
-            }
-            return None;
-        }
-        if !parsed.tcp {
-            return Some(parsed.server.clone());
-        }
-        if let Some(b) = self.bridges.get(&parsed.server) {
-            return Some(b.local_addr().to_string());
-        }
-        match turn_tcp::start(
-            parsed.server.clone(),
-            self.state.turn_tcp.clone(),
-            &self.shutdown,
-        )
-        .await
-        {
-            Ok(b) => {
-                let local = b.local_addr().to_string();
-                tracing::info!(server = %parsed.server, bridge = %local, "TURN over TCP: bridging for the WebRTC stack (webrtc-rs allocates over UDP only)");
-                self.bridges.insert(parsed.server.clone(), b);
-                Some(local)
-            }
-            Err(e) => {
-                tracing::warn!(server = %parsed.server, error = %e, "cannot start the TURN-over-TCP bridge");
-                None
-            }
-        }
-    }
-
-    /// The ICE servers in webrtc-rs's terms, TCP TURN URLs pointed at their bridges.
-    async fn webrtc_ice_servers(&mut self) -> Vec<RTCIceServer> {
-        let mut out = vec![];
-        for s in self.ice_servers() {
-            let mut urls = vec![];
-            for url in &s.urls {
-                match turn_tcp::parse_turn_url(url) {
-                    None => urls.push(url.clone()),
-                    Some(parsed) => {
-                        if let Some(target) = self.turn_udp_target(&parsed, url).await {
-                            urls.push(format!("turn:{target}?transport=udp"));
-                        }
-                    }
-                }
-            }
-            urls.dedup();
-            if !urls.is_empty() {
-                out.push(RTCIceServer {
-                    urls,
-                    username: s.username.clone().unwrap_or_default(),
-                    credential: s.credential.clone().unwrap_or_default(),
-                    ..Default::default()
-                });
-            }
-        }
-        out
-    }
-
-    /// Check every TURN URL with a real allocation, in the background; one log line each.
-    async fn check_turn_servers(&mut self) {
-        for s in self.ice_servers() {
-            for url in &s.urls {
-                let Some(parsed) = turn_tcp::parse_turn_url(url) else {
-                    continue;
-                };
-                let Some(target) = self.turn_udp_target(&parsed, url).await else {
-                    continue;
-                };
-                let url = url.clone();
-                let over = if parsed.tcp { "TCP" } else { "UDP" };
-                let tcp = parsed.tcp;
-                let user = s.username.clone().unwrap_or_default();
-                let pass = s.credential.clone().unwrap_or_default();
-                let state = self.state.clone();
-                self.tasks.spawn(async move {
-                    let addr = match tokio::net::lookup_host(&target).await.map(|mut a| a.next()) {
-                        Ok(Some(a)) => a,
-                        Ok(None) | Err(_) => {
-                            state.turn_check_failures.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(url = %url, "TURN server: cannot resolve its host name");
-                            return;
-                        }
-                    };
-                    match turn_check::check(addr, &user, &pass).await {
-                        turn_check::TurnCheck::Reachable(relay) => {
-                            tracing::info!(url = %url, relay = %relay, "TURN server reachable; allocation works");
-                            state.turn_verdict(tcp, true);
-                        }
-                        turn_check::TurnCheck::Rejected(e) if e.contains("401") => {
-                            state.turn_check_failures.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(url = %url, user = %user, response = %e, "TURN server rejected the credentials (401 Unauthorized): check [ice] username/credential, or that [ice.turn-rest] secret equals coturn's static-auth-secret and the clocks agree");
-                        }
-                        turn_check::TurnCheck::Rejected(e) => {
-                            state.turn_check_failures.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(url = %url, response = %e, "TURN server refused the allocation");
-                        }
-                        turn_check::TurnCheck::NoAnswer => {
-                            state.turn_check_failures.fetch_add(1, Ordering::Relaxed);
-                            state.turn_verdict(tcp, false);
-                            tracing::warn!(url = %url, "TURN server: no answer over {over} within 6 s (unreachable, or {over} blocked on this network); other candidates are still tried");
-                        }
-                        turn_check::TurnCheck::Failed(e) => {
-                            tracing::warn!(url = %url, error = %e, "TURN server check could not run");
-                        }
-                    }
-                });
-            }
-        }
-    }
-
     fn forget(&self, id: &PeerId) {
         if let Ok(mut v) = self.state.viewers.lock() {
             v.remove(id);
@@ -838,6 +409,27 @@ impl Camera {
         });
     }
 
+    /// Wait `wait` out of the room: viewers' connection events are still handled (failures end
+    /// calls) and calls from outside the room still taken. `false` if shut down meanwhile.
+    async fn serve_offline(
+        &mut self,
+        wait: Duration,
+        events: &mut mpsc::Receiver<PeerEvent>,
+        calls: &mut mpsc::Receiver<CallCommand>,
+    ) -> bool {
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        let shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = &mut sleep => return true,
+                Some(ev) = events.recv() => self.on_peer_event_offline(ev),
+                Some(cmd) = calls.recv() => self.on_call_command(cmd).await,
+                _ = shutdown.cancelled() => return false,
+            }
+        }
+    }
+
     /// Whether `conn` is the connection `id` has now (not one dropped before it called again).
     fn is_current(&self, id: &PeerId, conn: u64) -> bool {
         self.peers.get(id).is_some_and(|p| p.conn == conn)
@@ -854,164 +446,6 @@ impl Camera {
             drop(p.rendition.take());
             self.forget(id);
             self.tasks.spawn(p.close());
-        }
-    }
-
-    /// Answer `from`'s first offer with a new viewer connection fed from the encode, or say
-    /// why not (its viewer limit, no codec both sides have, an offer it cannot take).
-    async fn new_call(&mut self, from: PeerId, sdp: String) -> Result<String, Refusal> {
-        if self.peers.len() >= self.settings.max_viewers {
-            self.state.viewers_refused.fetch_add(1, Ordering::Relaxed);
-            warn_gated!(self.refusals, viewer = %from, max = self.settings.max_viewers, "viewer refused: camera at its viewer limit");
-            let message = format!(
-                "this camera serves at most {} viewers at once; try again later",
-                self.settings.max_viewers
-            );
-            return Err(Refusal {
-                code: "max-viewers",
-                message,
-            });
-        }
-        let ice = self.webrtc_ice_servers().await;
-        let has_turn = ice
-            .iter()
-            .any(|s| s.urls.iter().any(|u| u.starts_with("turn")));
-        if self.media.encoder == crate::media::encoder::EncoderKind::Passthrough
-            && self.media.sent_sps().is_none()
-            && self.media.stats.started_unix_ms.load(Ordering::Relaxed) != 0
-        {
-            // A passed-through source picks its own profile: answer with what it
-            // really sends, once its first keyframe is out (bounded; before any start,
-            // as for the first viewer of an on-demand camera, the guess is used).
-            let deadline = tokio::time::Instant::now() + PASSTHROUGH_SPS_WAIT;
-            while self.media.sent_sps().is_none() && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        let h264 = self.media.h264_profile();
-        let Some(codec) = peer::choose_codec(&sdp, &h264, self.media.vp8.is_some()) else {
-            let codecs = offered_codecs(&sdp);
-            let message = if crate::media::h264::offered_h264(&sdp).is_empty() {
-                warn_gated!(self.refusals, viewer = %from, offered = %codecs, "viewer cannot decode H.264 and the VP8 fallback is off (video.fallback); refused");
-                "this browser cannot decode H.264 video; try Chrome, Safari, or Firefox with the OpenH264 plugin".to_owned()
-            } else {
-                warn_gated!(self.refusals, viewer = %from, offered = %codecs, stream = %h264, "viewer's offer has no H.264 of the stream's profile and there is no VP8 fallback; refused");
-                format!(
-                    "this camera sends H.264 {h264}, which this browser does not offer to decode"
-                )
-            };
-            return Err(Refusal {
-                code: "no-h264",
-                message,
-            });
-        };
-        let (video, keyframes) = match (codec, &self.media.vp8) {
-            (peer::VideoCodec::Vp8, Some(vp8)) => (vp8.video.subscribe(), vp8.keyframes.clone()),
-            _ => (self.media.video.subscribe(), self.media.keyframes.clone()),
-        };
-        let setup = PeerSetup {
-            viewer: from.clone(),
-            ice_servers: ice,
-            relay_only: self.settings.relay_only
-                || self.state.relay_auto.load(Ordering::Relaxed)
-                || (self.settings.relay_when_turn && has_turn),
-            udp_addrs: self.settings.udp_addrs.clone(),
-            mdns: self.settings.mdns,
-            playout_delay_zero: self.settings.playout_delay_zero,
-            events: self.events_tx.clone(),
-            video,
-            audio: self.media.has_audio.then(|| self.media.audio.subscribe()),
-            keyframes,
-            codec,
-            h264,
-            video_tx: self.media.video.clone(),
-            lower: self.media.renditions.clone(),
-            video_kbps: self.media.video_kbps(),
-            audio_kbps: if self.media.has_audio {
-                self.media.audio_kbps
-            } else {
-                0
-            },
-        };
-        match peer::answer(setup, sdp).await {
-            Ok((mut p, answer)) => {
-                if codec == peer::VideoCodec::Vp8 {
-                    p.rendition = self.media.vp8.as_ref().map(|r| r.acquire());
-                }
-                let _ = p.stats.codec.set(codec);
-                if let Ok(mut v) = self.state.viewers.lock() {
-                    v.insert(from.clone(), p.stats.clone());
-                }
-                self.arm_connect_deadline(&from, p.cancel.clone());
-                self.peers.insert(from.clone(), p);
-                self.peer_session.insert(from.clone(), self.session);
-                self.publish_count();
-                tracing::info!(viewer = %from, viewers = self.peers.len(), %codec, "viewer connecting");
-                Ok(answer)
-            }
-            Err(e) => {
-                warn_gated!(self.refusals, viewer = %from, error = %e, "cannot answer viewer's offer");
-                let message = format!("the camera could not answer: {e}");
-                Err(Refusal {
-                    code: "answer-failed",
-                    message,
-                })
-            }
-        }
-    }
-
-    /// A call from outside the room (see [`CallCommand`]).
-    async fn on_call_command(&mut self, cmd: CallCommand) {
-        match cmd {
-            CallCommand::Open { offer, reply } => {
-                let session = format!("whep-{:016x}", rand::random::<u64>());
-                let result = self.new_call(session.clone(), offer).await;
-                let opened = match result {
-                    Ok(_) => match self.peers.get(&session) {
-                        Some(p) => {
-                            self.outside.insert(session.clone());
-                            Ok(OpenedCall {
-                                answer: p.answer_source(),
-                                session,
-                            })
-                        }
-                        None => Err(Refusal {
-                            code: "answer-failed",
-                            message: "the call ended before it was answered".into(),
-                        }),
-                    },
-                    Err(r) => Err(r),
-                };
-                if let Err(Ok(call)) = reply.send(opened) {
-                    // The client went away while it was being answered.
-                    self.drop_peer(&call.session, "its client left before the answer");
-                }
-            }
-            CallCommand::Candidates {
-                session,
-                candidates,
-                reply,
-            } => {
-                let known = match self.peers.get(&session) {
-                    Some(p) if self.outside.contains(&session) => {
-                        for c in candidates {
-                            if let Err(e) = peer::add_candidate(p, c).await {
-                                tracing::debug!(viewer = %session, error = %e, "remote candidate refused");
-                            }
-                        }
-                        true
-                    }
-                    _ => false,
-                };
-                let _ = reply.send(known);
-            }
-            CallCommand::End { session, reply } => {
-                let known = self.outside.contains(&session);
-                if known {
-                    self.drop_peer(&session, "its client ended the session");
-                }
-                let _ = reply.send(known);
-            }
         }
     }
 
@@ -1222,26 +656,6 @@ impl Camera {
     }
 }
 
-/// Why the server's `msg` leaves the camera out of its room on this connection, if it does:
-/// a refused join (room full, too many rooms, token problems) or being replaced.
-fn refusal(msg: &ServerMessage, joined: bool) -> Option<String> {
-    let ServerMessage::Error {
-        code,
-        message,
-        from: None,
-    } = msg
-    else {
-        return None;
-    };
-    let out_of_room = match code.as_str() {
-        "replaced" => true,
-        "room-full" | "too-many-rooms" | "token-required" | "bad-token" | "token-expired"
-        | "bad-room" => !joined,
-        _ => false,
-    };
-    out_of_room.then(|| format!("the server refused the camera ({code}): {message}"))
-}
-
 /// Milliseconds since the Unix epoch (0 before it).
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -1261,65 +675,5 @@ impl CameraState {
             0 => None, // not started yet
             since => Some(Duration::from_millis(unix_ms().saturating_sub(since))),
         }
-    }
-}
-
-/// The codec names in an SDP offer, for log lines.
-pub fn offered_codecs(sdp: &str) -> String {
-    let mut names: Vec<String> = sdp
-        .lines()
-        .filter_map(|l| l.strip_prefix("a=rtpmap:"))
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .filter_map(|c| c.split('/').next())
-        .filter(|c| {
-            !matches!(
-                c.to_ascii_lowercase().as_str(),
-                "rtx" | "red" | "ulpfec" | "flexfec-03" | "cn" | "telephone-event"
-            )
-        })
-        .map(str::to_owned)
-        .collect();
-    names.dedup();
-    let mut seen = std::collections::HashSet::new();
-    names.retain(|n| seen.insert(n.clone()));
-    names.join(", ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_caps() {
-        for n in 0..20 {
-            let b = backoff(n);
-            assert!(b <= MAX_BACKOFF, "{n}: {b:?}");
-            assert!(b >= Duration::from_millis(375), "{n}: {b:?}");
-        }
-        assert!(backoff(10) >= Duration::from_millis(7500));
-    }
-
-    #[test]
-    fn join_refusals_end_the_connection() {
-        let error = |code: &str, from: Option<&str>| ServerMessage::Error {
-            code: code.into(),
-            message: "m".into(),
-            from: from.map(Into::into),
-        };
-        for code in ["room-full", "too-many-rooms", "token-expired", "bad-token"] {
-            assert!(refusal(&error(code, None), false).is_some(), "{code}");
-            // Once joined these cannot be about this camera's own join.
-            assert!(refusal(&error(code, None), true).is_none(), "{code}");
-        }
-        assert!(refusal(&error("replaced", None), true).is_some());
-        // A viewer's reject, or a rate-limit notice, leaves the camera in its room.
-        assert!(refusal(&error("room-full", Some("v1")), false).is_none());
-        assert!(refusal(&error("rate-limited", None), true).is_none());
-    }
-
-    #[test]
-    fn codec_list() {
-        let sdp = "a=rtpmap:120 VP8/90000\r\na=rtpmap:124 rtx/90000\r\na=rtpmap:98 VP9/90000\r\na=rtpmap:109 opus/48000/2\r\n";
-        assert_eq!(offered_codecs(sdp), "VP8, VP9, opus");
     }
 }
