@@ -213,10 +213,16 @@ pub async fn run(
     let mut lost_at: Option<std::time::Instant> = None;
     'outer: loop {
         let url = cam.settings.signal_url.clone();
+        // Calls from outside the room (WHEP) are taken while the server is out of reach too.
         let connect = connector.connect(&url);
-        let ws = tokio::select! {
-            r = connect => r,
-            _ = shutdown.cancelled() => break 'outer,
+        tokio::pin!(connect);
+        let ws = loop {
+            tokio::select! {
+                r = &mut connect => break r,
+                Some(ev) = events_rx.recv() => cam.on_peer_event_offline(ev),
+                Some(cmd) = calls.recv() => cam.on_call_command(cmd).await,
+                _ = shutdown.cancelled() => break 'outer,
+            }
         };
         let mut ws = match ws {
             Ok(ws) => ws,
@@ -224,7 +230,10 @@ pub async fn run(
                 let wait = reconnect_backoff(attempt, lost_at.map(|t| t.elapsed()));
                 tracing::warn!(url = %url, error = %e, retry_in = ?wait, "cannot reach the signaling server");
                 attempt += 1;
-                tokio::select! { _ = tokio::time::sleep(wait) => continue, _ = shutdown.cancelled() => break 'outer }
+                if cam.serve_offline(wait, &mut events_rx, &mut calls).await {
+                    continue;
+                }
+                break 'outer;
             }
         };
         cam.state.signal_connects.fetch_add(1, Ordering::Relaxed);

@@ -113,7 +113,8 @@ pub fn sps_in_payload(payload: &[u8]) -> Option<Vec<u8>> {
 pub struct RtcViewer {
     pub received: Arc<Mutex<Received>>,
     pc: Arc<dyn PeerConnection>,
-    ws_task: tokio::task::JoinHandle<()>,
+    /// Its signaling (none for a viewer called other than through a room).
+    ws_task: Option<tokio::task::JoinHandle<()>>,
     pipelines: Arc<Mutex<Vec<gst::Pipeline>>>,
 }
 
@@ -322,6 +323,70 @@ impl RtcViewer {
             }
         };
 
+        let (viewer, sdp) = RtcViewer::offering(h264).await;
+        let RtcViewer {
+            received,
+            pc,
+            pipelines,
+            ..
+        } = viewer;
+        let offer = json!({"type": "offer", "to": camera, "sdp": sdp});
+        tx.send(Message::text(offer.to_string()))
+            .await
+            .expect("send offer");
+
+        let pc2 = pc.clone();
+        let seen = received.clone();
+        let ws_task = tokio::spawn(async move {
+            let _tx = tx; // the socket stays open while the viewer lives
+            while let Some(Ok(msg)) = rx.next().await {
+                let Ok(v) = serde_json::from_str::<Value>(msg.to_text().unwrap_or("")) else {
+                    continue;
+                };
+                match v["type"].as_str() {
+                    Some("answer") => {
+                        let sdp = v["sdp"].as_str().unwrap_or_default().to_owned();
+                        seen.lock().expect("received lock").answer = Some(sdp.clone());
+                        let answer = RTCSessionDescription::answer(sdp).expect("answer SDP");
+                        pc2.set_remote_description(answer)
+                            .await
+                            .expect("remote answer");
+                    }
+                    Some("candidate") if v["candidate"].is_object() => {
+                        if let Ok(c) =
+                            serde_json::from_value::<RTCIceCandidateInit>(v["candidate"].clone())
+                        {
+                            if !c.candidate.is_empty() {
+                                let _ = pc2.add_ice_candidate(c).await;
+                            }
+                        }
+                    }
+                    Some("error") => {
+                        eprintln!("rtc viewer: signaling error {v}");
+                        if v["from"].is_string() {
+                            seen.lock().expect("received lock").refused = Some((
+                                v["code"].as_str().unwrap_or_default().to_owned(),
+                                v["message"].as_str().unwrap_or_default().to_owned(),
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        RtcViewer {
+            received,
+            pc,
+            ws_task: Some(ws_task),
+            pipelines,
+        }
+    }
+
+    /// A viewer that is not in any room: its offer (H.264 in these `profile-level-id`s, Opus;
+    /// every candidate inside), for a call made some other way (WHEP, or straight to the task
+    /// that owns the camera's viewers). Give it the answer with [`RtcViewer::accept`].
+    pub async fn offering(h264: &[&str]) -> (RtcViewer, String) {
+        gst::init().expect("gstreamer init");
         let mut me = MediaEngine::default();
         for (i, id) in h264.iter().enumerate() {
             me.register_codec(
@@ -392,56 +457,23 @@ impl RtcViewer {
         // Candidates go inside the offer: no trickling from this side.
         let _ = tokio::time::timeout(Duration::from_secs(10), gathered_rx.recv()).await;
         let sdp = pc.local_description().await.expect("local description").sdp;
-        let offer = json!({"type": "offer", "to": camera, "sdp": sdp});
-        tx.send(Message::text(offer.to_string()))
-            .await
-            .expect("send offer");
-
-        let pc2 = pc.clone();
-        let seen = received.clone();
-        let ws_task = tokio::spawn(async move {
-            let _tx = tx; // the socket stays open while the viewer lives
-            while let Some(Ok(msg)) = rx.next().await {
-                let Ok(v) = serde_json::from_str::<Value>(msg.to_text().unwrap_or("")) else {
-                    continue;
-                };
-                match v["type"].as_str() {
-                    Some("answer") => {
-                        let sdp = v["sdp"].as_str().unwrap_or_default().to_owned();
-                        seen.lock().expect("received lock").answer = Some(sdp.clone());
-                        let answer = RTCSessionDescription::answer(sdp).expect("answer SDP");
-                        pc2.set_remote_description(answer)
-                            .await
-                            .expect("remote answer");
-                    }
-                    Some("candidate") if v["candidate"].is_object() => {
-                        if let Ok(c) =
-                            serde_json::from_value::<RTCIceCandidateInit>(v["candidate"].clone())
-                        {
-                            if !c.candidate.is_empty() {
-                                let _ = pc2.add_ice_candidate(c).await;
-                            }
-                        }
-                    }
-                    Some("error") => {
-                        eprintln!("rtc viewer: signaling error {v}");
-                        if v["from"].is_string() {
-                            seen.lock().expect("received lock").refused = Some((
-                                v["code"].as_str().unwrap_or_default().to_owned(),
-                                v["message"].as_str().unwrap_or_default().to_owned(),
-                            ));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        });
-        RtcViewer {
+        let viewer = RtcViewer {
             received,
             pc,
-            ws_task,
+            ws_task: None,
             pipelines,
-        }
+        };
+        (viewer, sdp)
+    }
+
+    /// Take the camera's answer to [`RtcViewer::offering`]'s offer.
+    pub async fn accept(&self, answer: &str) {
+        self.received.lock().expect("received lock").answer = Some(answer.to_owned());
+        let answer = RTCSessionDescription::answer(answer.to_owned()).expect("answer SDP");
+        self.pc
+            .set_remote_description(answer)
+            .await
+            .expect("remote answer");
     }
 
     /// Wait until the viewer has the answer and an SPS (or a refusal): the H.264 profile and
@@ -514,7 +546,9 @@ impl RtcViewer {
     }
 
     pub async fn close(self) {
-        self.ws_task.abort();
+        if let Some(t) = &self.ws_task {
+            t.abort();
+        }
         let _ = self.pc.close().await;
         for p in self.pipelines.lock().expect("pipelines lock").drain(..) {
             let _ = p.set_state(gst::State::Null);
