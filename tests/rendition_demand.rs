@@ -1,0 +1,117 @@
+//! A lower rendition encodes only while someone holds it: nothing comes out of it before its
+//! first user, its first frame once held is a keyframe with SPS/PPS (a viewer moving to it can
+//! start at once), it keeps running while any user is left, and it falls silent after its last
+//! one lets go. Real GStreamer pipeline, test pattern.
+
+use campeer::media::encoder::EncodeSettings;
+use campeer::media::h264;
+use campeer::media::pipeline::{EncodedFrame, MediaPipeline, MediaSettings};
+use campeer::media::rendition::RungSpec;
+use campeer::media::source::{AudioSource, CameraH264, VideoSource};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+
+/// Frames `rx` receives within `window` (what was queued before is dropped first).
+async fn frames_within(
+    rx: &mut broadcast::Receiver<Arc<EncodedFrame>>,
+    window: Duration,
+) -> Vec<Arc<EncodedFrame>> {
+    *rx = rx.resubscribe();
+    let end = Instant::now() + window;
+    let mut got = Vec::new();
+    while let Ok(r) = tokio::time::timeout_at(end.into(), rx.recv()).await {
+        match r {
+            Ok(f) => got.push(f),
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => break,
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lower_rendition_runs_from_its_first_user_to_its_last() {
+    let rung = RungSpec {
+        width: 320,
+        height: 240,
+        bitrate_kbps: 300,
+    };
+    let media = MediaPipeline::build(&MediaSettings {
+        video: VideoSource::Test,
+        audio: AudioSource::None,
+        encoder: "auto".into(),
+        encode: EncodeSettings {
+            width: 640,
+            height: 480,
+            framerate: 30,
+            bitrate_kbps: 1000,
+            gop: 90,
+        },
+        audio_bitrate_kbps: 64,
+        vp8_fallback: false,
+        camera_h264: CameraH264::Auto,
+        lower_rungs: vec![rung],
+    })
+    .expect("test-pattern pipeline");
+    let lower = media
+        .renditions
+        .first()
+        .expect("the lower rendition")
+        .clone();
+    let mut main = media.video.subscribe();
+    let mut rx = lower.video.subscribe();
+    media
+        .start(Duration::from_secs(10))
+        .expect("pipeline plays");
+
+    // The main encode runs; the lower one, held by nobody, sends nothing.
+    assert!(
+        frames_within(&mut main, Duration::from_secs(1)).await.len() >= 10,
+        "the main encode runs"
+    );
+    let idle = frames_within(&mut rx, Duration::from_secs(1)).await;
+    assert!(
+        idle.is_empty(),
+        "{} frames from a rendition nobody holds",
+        idle.len()
+    );
+
+    // Its first user: frames flow, the first a keyframe with SPS/PPS at the rung's size.
+    let first = lower.acquire();
+    let held = frames_within(&mut rx, Duration::from_secs(2)).await;
+    assert!(
+        held.len() >= 20,
+        "only {} frames in 2 s once held",
+        held.len()
+    );
+    assert!(held[0].keyframe, "the first frame once held is a keyframe");
+    assert_eq!(
+        h264::idr_has_headers(&held[0].data),
+        Some(true),
+        "SPS/PPS in front of it"
+    );
+
+    // A second user, then the first lets go: it keeps running for the one left.
+    let second = lower.acquire();
+    drop(first);
+    let one_left = frames_within(&mut rx, Duration::from_secs(1)).await;
+    assert!(
+        one_left.len() >= 10,
+        "only {} frames in 1 s with one user left",
+        one_left.len()
+    );
+
+    // The last lets go: silent again (a frame already on its way may still arrive).
+    drop(second);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = frames_within(&mut rx, Duration::from_secs(1)).await;
+    assert!(
+        after.is_empty(),
+        "{} frames after the last user let go",
+        after.len()
+    );
+    // The main encode never stopped.
+    assert!(frames_within(&mut main, Duration::from_secs(1)).await.len() >= 10);
+    media.stop();
+}
