@@ -6,6 +6,7 @@ pub mod firefox;
 pub mod fuzz;
 pub mod impair;
 pub mod loopback;
+pub mod media;
 pub mod mp4;
 pub mod netns;
 pub mod nginx;
@@ -435,6 +436,14 @@ impl Cdp {
     }
 
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        match self.try_call(method, params).await {
+            Ok(v) => v,
+            Err(e) => panic!("devtools {method} failed: {e}"),
+        }
+    }
+
+    /// [`Cdp::call`], with the error DevTools answered instead of a panic.
+    pub async fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         let id = self.next;
         self.next += 1;
         let msg = json!({ "id": id, "method": method, "params": params }).to_string();
@@ -452,9 +461,9 @@ impl Cdp {
             let v: Value = serde_json::from_str(t.as_str()).expect("devtools json");
             if v["id"].as_u64() == Some(id) {
                 if let Some(e) = v.get("error") {
-                    panic!("devtools {method} failed: {e}");
+                    return Err(e.clone());
                 }
-                return v["result"].clone();
+                return Ok(v["result"].clone());
             }
             if self.events.len() < 10_000 {
                 self.events.push(v);
@@ -502,6 +511,22 @@ pub const STATS_JS: &str = r#"(async () => {
 })()"#;
 
 impl Page {
+    /// [`Page::eval`] on a page that may be navigating away: `None` when the document it ran
+    /// in was replaced before it answered (DevTools: "Inspected target navigated or closed").
+    pub async fn eval_across_navigation(&mut self, expr: &str) -> Option<Value> {
+        let params = json!({ "expression": expr, "awaitPromise": true, "returnByValue": true });
+        match self.cdp.try_call("Runtime.evaluate", params).await {
+            Ok(r) => {
+                if let Some(ex) = r.get("exceptionDetails") {
+                    panic!("page script failed: {ex}");
+                }
+                Some(r["result"]["value"].clone())
+            }
+            Err(e) if e.to_string().contains("navigated or closed") => None,
+            Err(e) => panic!("devtools Runtime.evaluate failed: {e}"),
+        }
+    }
+
     /// Evaluate an expression (promises awaited) and return its value.
     pub async fn eval(&mut self, expr: &str) -> Value {
         let r = self
