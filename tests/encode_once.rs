@@ -2,6 +2,7 @@
 //! baseline, SPS/PPS before every IDR, prompt keyframes on request, and a fan-out where a slow
 //! consumer never delays a fast one.
 
+mod common;
 use campeer::media::encoder::{EncodeSettings, EncoderKind};
 use campeer::media::h264::{self, SpsProfile};
 use campeer::media::pipeline::{EncodedFrame, MediaPipeline, MediaSettings};
@@ -11,21 +12,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 fn settings(encoder: &str, video: VideoSource, gop: u32) -> MediaSettings {
+    let base = common::media::settings(video, AudioSource::None);
     MediaSettings {
-        video,
-        audio: AudioSource::None,
         encoder: encoder.into(),
-        encode: EncodeSettings {
-            width: 640,
-            height: 480,
-            framerate: 30,
-            bitrate_kbps: 1000,
-            gop,
-        },
-        audio_bitrate_kbps: 64,
-        vp8_fallback: false,
-        camera_h264: campeer::media::source::CameraH264::Auto,
-        lower_rungs: Vec::new(),
+        encode: EncodeSettings { gop, ..base.encode },
+        ..base
     }
 }
 

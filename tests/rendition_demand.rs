@@ -3,11 +3,11 @@
 //! start at once), it keeps running while any user is left, and it falls silent after its last
 //! one lets go. Real GStreamer pipeline, test pattern.
 
-use campeer::media::encoder::EncodeSettings;
+mod common;
 use campeer::media::h264;
 use campeer::media::pipeline::{EncodedFrame, MediaPipeline, MediaSettings};
 use campeer::media::rendition::RungSpec;
-use campeer::media::source::{AudioSource, CameraH264, VideoSource};
+use campeer::media::source::{AudioSource, VideoSource};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
@@ -38,20 +38,8 @@ async fn a_lower_rendition_runs_from_its_first_user_to_its_last() {
         bitrate_kbps: 300,
     };
     let media = MediaPipeline::build(&MediaSettings {
-        video: VideoSource::Test,
-        audio: AudioSource::None,
-        encoder: "auto".into(),
-        encode: EncodeSettings {
-            width: 640,
-            height: 480,
-            framerate: 30,
-            bitrate_kbps: 1000,
-            gop: 90,
-        },
-        audio_bitrate_kbps: 64,
-        vp8_fallback: false,
-        camera_h264: CameraH264::Auto,
         lower_rungs: vec![rung],
+        ..common::media::settings(VideoSource::Test, AudioSource::None)
     })
     .expect("test-pattern pipeline");
     let lower = media

@@ -7,9 +7,8 @@
 
 mod common;
 use campeer::camera::{self, CallCommand, CameraAuth, CameraSettings, CameraState, Refusal};
-use campeer::media::encoder::EncodeSettings;
-use campeer::media::pipeline::{MediaPipeline, MediaSettings};
-use campeer::media::source::{AudioSource, CameraH264, VideoSource};
+use campeer::media::pipeline::MediaPipeline;
+use campeer::media::source::{AudioSource, VideoSource};
 use campeer::signal::ice::IceProvider;
 use campeer::signal::protocol::IceCandidate;
 use common::rtc_viewer::{RtcViewer, assert_smpte_bars};
@@ -28,24 +27,10 @@ struct Camera {
 }
 
 async fn camera(max_viewers: usize) -> Camera {
-    let media = MediaPipeline::build(&MediaSettings {
-        // The bars standing still (the `test` source moves them).
-        video: VideoSource::Pipeline("videotestsrc is-live=true pattern=smpte".into()),
-        audio: AudioSource::Test,
-        encoder: "auto".into(),
-        encode: EncodeSettings {
-            width: 640,
-            height: 480,
-            framerate: 30,
-            bitrate_kbps: 1000,
-            gop: 60,
-        },
-        audio_bitrate_kbps: 64,
-        vp8_fallback: false,
-        camera_h264: CameraH264::Auto,
-        lower_rungs: Vec::new(),
-    })
-    .expect("test-pattern pipeline");
+    // The bars standing still (the `test` source moves them).
+    let bars = VideoSource::Pipeline("videotestsrc is-live=true pattern=smpte".into());
+    let media = MediaPipeline::build(&common::media::settings(bars, AudioSource::Test))
+        .expect("test-pattern pipeline");
     media
         .start(Duration::from_secs(10))
         .expect("pipeline plays");
