@@ -12,12 +12,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
-/// Frames `rx` receives within `window` (what was queued before is dropped first).
+/// Frames `rx` receives within `window`, from what is queued now on (`fresh`: dropping what was
+/// queued before).
 async fn frames_within(
     rx: &mut broadcast::Receiver<Arc<EncodedFrame>>,
     window: Duration,
+    fresh: bool,
 ) -> Vec<Arc<EncodedFrame>> {
-    *rx = rx.resubscribe();
+    if fresh {
+        *rx = rx.resubscribe();
+    }
     let end = Instant::now() + window;
     let mut got = Vec::new();
     while let Ok(r) = tokio::time::timeout_at(end.into(), rx.recv()).await {
@@ -55,21 +59,25 @@ async fn a_lower_rendition_runs_from_its_first_user_to_its_last() {
 
     // The main encode runs; the lower one, held by nobody, sends nothing.
     assert!(
-        frames_within(&mut main, Duration::from_secs(1)).await.len() >= 10,
+        frames_within(&mut main, Duration::from_secs(1), true)
+            .await
+            .len()
+            >= 3,
         "the main encode runs"
     );
-    let idle = frames_within(&mut rx, Duration::from_secs(1)).await;
+    let idle = frames_within(&mut rx, Duration::from_secs(1), true).await;
     assert!(
         idle.is_empty(),
         "{} frames from a rendition nobody holds",
         idle.len()
     );
 
-    // Its first user: frames flow, the first a keyframe with SPS/PPS at the rung's size.
+    // Its first user: frames flow, the first a keyframe with SPS/PPS. (Nothing was queued since
+    // the idle check, so none is skipped however late this task runs.)
     let first = lower.acquire();
-    let held = frames_within(&mut rx, Duration::from_secs(2)).await;
+    let held = frames_within(&mut rx, Duration::from_secs(2), false).await;
     assert!(
-        held.len() >= 20,
+        held.len() >= 5,
         "only {} frames in 2 s once held",
         held.len()
     );
@@ -83,23 +91,38 @@ async fn a_lower_rendition_runs_from_its_first_user_to_its_last() {
     // A second user, then the first lets go: it keeps running for the one left.
     let second = lower.acquire();
     drop(first);
-    let one_left = frames_within(&mut rx, Duration::from_secs(1)).await;
+    let one_left = frames_within(&mut rx, Duration::from_secs(1), true).await;
     assert!(
-        one_left.len() >= 10,
+        one_left.len() >= 3,
         "only {} frames in 1 s with one user left",
         one_left.len()
     );
 
-    // The last lets go: silent again (a frame already on its way may still arrive).
+    // The last lets go: silent again, once a frame already inside the encoder is out (on a
+    // loaded machine that can take a moment: up to 5 s for half a second without one).
     drop(second);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = frames_within(&mut rx, Duration::from_secs(1)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !frames_within(&mut rx, Duration::from_millis(500), false)
+        .await
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the rendition still sends 5 s after its last user let go"
+        );
+    }
+    let after = frames_within(&mut rx, Duration::from_secs(1), false).await;
     assert!(
         after.is_empty(),
         "{} frames after the last user let go",
         after.len()
     );
     // The main encode never stopped.
-    assert!(frames_within(&mut main, Duration::from_secs(1)).await.len() >= 10);
+    assert!(
+        frames_within(&mut main, Duration::from_secs(1), true)
+            .await
+            .len()
+            >= 3
+    );
     media.stop();
 }

@@ -114,6 +114,8 @@ const MAX_RESEND_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Send times of one SSRC's last [`SEND_TIMES`] sequence numbers (at 8 Mbit/s, 2 s of packets).
 const SEND_TIMES: usize = 2048;
+// Slots line up across the sequence numbers' wrap only if it divides 65,536.
+const _: () = assert!(65_536 % SEND_TIMES == 0);
 
 /// When one SSRC's recent packets first went out, by sequence number.
 struct SendTimes {

@@ -512,7 +512,7 @@ pub const STATS_JS: &str = r#"(async () => {
 
 impl Page {
     /// [`Page::eval`] on a page that may be navigating away: `None` when the document it ran
-    /// in was replaced before it answered (DevTools: "Inspected target navigated or closed").
+    /// in was replaced before it answered.
     pub async fn eval_across_navigation(&mut self, expr: &str) -> Option<Value> {
         let params = json!({ "expression": expr, "awaitPromise": true, "returnByValue": true });
         match self.cdp.try_call("Runtime.evaluate", params).await {
@@ -522,7 +522,19 @@ impl Page {
                 }
                 Some(r["result"]["value"].clone())
             }
-            Err(e) if e.to_string().contains("navigated or closed") => None,
+            // Chromium says one of these when the document went while it evaluated (a new
+            // renderer, or the same one with a new context).
+            Err(e)
+                if [
+                    "navigated or closed",
+                    "Execution context was destroyed",
+                    "Cannot find context with specified id",
+                ]
+                .iter()
+                .any(|m| e.to_string().contains(m)) =>
+            {
+                None
+            }
             Err(e) => panic!("devtools Runtime.evaluate failed: {e}"),
         }
     }
