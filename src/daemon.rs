@@ -531,6 +531,108 @@ fn spawn_demand(
     });
 }
 
+/// `addr` as this machine reaches it: loopback for an unspecified (all-interfaces) address.
+fn loopback_for(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => {
+            SocketAddr::from(([127, 0, 0, 1], a.port()))
+        }
+        SocketAddr::V6(a) if a.ip().is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
+        }
+        other => other,
+    }
+}
+
+/// `/healthz`, `/metrics` and the HTTP routes of every output (snapshots, WHEP, MJPEG, HLS,
+/// recordings) of a camera whose viewer tokens `key` checks.
+#[allow(clippy::too_many_arguments)]
+fn camera_observer(
+    config: &Config,
+    key: &TokenKey,
+    media: &Arc<MediaPipeline>,
+    consumers: &Demand,
+    camera: &Arc<CameraState>,
+    demand: &watch::Receiver<bool>,
+    recorder: &Arc<Recorder>,
+    pushes: &[Arc<RtmpPush>],
+    calls: &mpsc::Sender<camera::CallCommand>,
+) -> Arc<CameraObserver> {
+    let viewer_access = ViewerAccess::new(
+        Access {
+            key: key.clone(),
+            open_rooms: config.server.open_rooms.iter().cloned().collect(),
+        },
+        config.camera.room.clone(),
+        config.server.host_names.clone().into(),
+    );
+    let snapshots = Arc::new(Snapshots::new(
+        media.clone(),
+        consumers.clone(),
+        viewer_access.clone(),
+        config.video.framerate,
+        SNAPSHOT_TIMEOUT,
+    ));
+    let hls = config.hls.enabled.then(|| {
+        Arc::new(Hls::new(
+            media.clone(),
+            consumers.clone(),
+            viewer_access.clone(),
+            config.video.keyframe_interval,
+            config.hls.idle_stop,
+            config.server.allowed_origins.clone().into(),
+        ))
+    });
+    Arc::new(CameraObserver {
+        media: media.clone(),
+        camera: camera.clone(),
+        stall: config.camera.stall_timeout,
+        demand: demand.clone(),
+        mjpeg: (config.camera.mjpeg_fps > 0)
+            .then(|| Arc::new(Mjpeg::new(snapshots.clone(), config.camera.mjpeg_fps))),
+        snapshots,
+        rtmp: pushes.to_vec(),
+        hls,
+        recordings: Arc::new(Recordings {
+            recorder: recorder.clone(),
+            access: viewer_access.clone(),
+        }),
+        whep: Arc::new(Whep::new(
+            viewer_access,
+            calls.clone(),
+            IceProvider::from_config(&config.ice),
+            config.server.allowed_origins.clone().into(),
+        )),
+    })
+}
+
+/// The endpoints of a camera joined to a remote server, on `server.listen` (TLS when
+/// configured): its address and TLS configuration.
+async fn serve_endpoints(
+    config: &Config,
+    observer: Arc<CameraObserver>,
+    shutdown: CancellationToken,
+    tasks: &TaskTracker,
+) -> Result<(SocketAddr, Option<axum_server::tls_rustls::RustlsConfig>), DaemonError> {
+    let tls = tls_for(config).await?;
+    let listener = bind(&config.server.listen).await?;
+    warn_if_clear(&listener, tls.is_some(), false);
+    let server = SignalServer::start_endpoints(
+        listener,
+        tls.clone(),
+        conn_limits(config),
+        admission(config),
+        observer,
+        shutdown,
+        tasks,
+    )
+    .map_err(|source| DaemonError::Listen {
+        addr: config.server.listen.clone(),
+        source,
+    })?;
+    Ok((server.local_addr, tls))
+}
+
 /// `campeer run`: the camera daemon.
 pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
     let signal = terminate_signal()?;
@@ -620,115 +722,100 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
     let embedded = config.camera.signal_url.is_empty();
     // Calls from outside the room (WHEP) reach the camera task through this.
     let (calls_tx, calls_rx) = mpsc::channel(64);
-    let mut key = None;
     let mut server_tls = None;
     let mut hub = None;
-    // HLS segments live in a temporary directory, removed at exit.
-    let mut hls_output: Option<Arc<Hls>> = None;
-    let (signal_url, page_base) = if embedded {
-        let k = TokenKey::new(crate::signal::load_secret(&config)?);
-        key = Some(k.clone());
-        let viewer_access = ViewerAccess::new(
-            Access {
-                key: k.clone(),
-                open_rooms: config.server.open_rooms.iter().cloned().collect(),
-            },
-            config.camera.room.clone(),
-            config.server.host_names.clone().into(),
-        );
-        announce_open_rooms(&config);
-        let tls = tls_for(&config).await?;
-        let listener = bind(&config.server.listen).await?;
-        warn_if_clear(&listener, tls.is_some(), false);
-        let snapshots = Arc::new(Snapshots::new(
-            media.clone(),
-            consumers.clone(),
-            viewer_access.clone(),
-            settings.encode.framerate,
-            SNAPSHOT_TIMEOUT,
-        ));
-        let hls = config.hls.enabled.then(|| {
-            Arc::new(Hls::new(
-                media.clone(),
-                consumers.clone(),
-                viewer_access.clone(),
-                config.video.keyframe_interval,
-                config.hls.idle_stop,
-                config.server.allowed_origins.clone().into(),
-            ))
-        });
-        hls_output = hls.clone();
-        let observer = Arc::new(CameraObserver {
-            media: media.clone(),
-            camera: camera_state.clone(),
-            stall: config.camera.stall_timeout,
-            demand: demand_rx.clone(),
-            mjpeg: (config.camera.mjpeg_fps > 0)
-                .then(|| Arc::new(Mjpeg::new(snapshots.clone(), config.camera.mjpeg_fps))),
-            snapshots,
-            rtmp: pushes.clone(),
-            hls,
-            recordings: Arc::new(Recordings {
-                recorder: recorder.clone(),
-                access: viewer_access.clone(),
-            }),
-            whep: Arc::new(Whep::new(
-                viewer_access,
-                calls_tx.clone(),
-                IceProvider::from_config(&config.ice),
-                config.server.allowed_origins.clone().into(),
-            )),
-        });
-        let server = SignalServer::start(
-            listener,
-            tls.clone(),
-            router_for(&config, k),
-            conn_limits(&config),
-            admission(&config),
-            observer,
-            shutdown.clone(),
-            &tasks,
+    // Viewer tokens for the camera's rooms and its own endpoints are checked with this key. A
+    // camera joined to a remote server needs it only for its endpoints, and streams on without.
+    let key = match crate::signal::load_secret(&config) {
+        Ok(secret) => Some(TokenKey::new(secret)),
+        Err(e) if embedded => return Err(e.into()),
+        Err(e) => {
+            tracing::error!(error = %e, "no secret for viewer tokens: the camera's own endpoints (/healthz, /metrics, /snapshot.jpg, /whep) are off");
+            None
+        }
+    };
+    let observer = key.as_ref().map(|k| {
+        camera_observer(
+            &config,
+            k,
+            &media,
+            &consumers,
+            &camera_state,
+            &demand_rx,
+            &recorder,
+            &pushes,
+            &calls_tx,
         )
-        .map_err(|source| DaemonError::Listen {
-            addr: config.server.listen.clone(),
-            source,
-        })?;
-        hub = Some(server.probe());
-        let addr = server.local_addr;
-        let local: SocketAddr = match addr {
-            SocketAddr::V4(a) if a.ip().is_unspecified() => {
-                SocketAddr::from(([127, 0, 0, 1], a.port()))
-            }
-            SocketAddr::V6(a) if a.ip().is_unspecified() => {
-                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
-            }
-            other => other,
-        };
-        let camera_url = if tls.is_some() {
-            // The camera reaches its own server over a plain loopback port, so it needs no trust
-            // in the (often self-signed) certificate browsers see.
-            let side = bind("127.0.0.1:0").await?;
-            let side_addr = side.local_addr().map_err(|source| DaemonError::Listen {
-                addr: "127.0.0.1:0".into(),
+    });
+    // HLS segments live in a temporary directory, removed at exit.
+    let hls_output = observer.as_ref().and_then(|o| o.hls.clone());
+    let mut endpoints = None;
+    let (signal_url, page_base) = match (&key, observer) {
+        (Some(k), Some(observer)) if embedded => {
+            announce_open_rooms(&config);
+            let tls = tls_for(&config).await?;
+            let listener = bind(&config.server.listen).await?;
+            warn_if_clear(&listener, tls.is_some(), false);
+            let server = SignalServer::start(
+                listener,
+                tls.clone(),
+                router_for(&config, k.clone()),
+                conn_limits(&config),
+                admission(&config),
+                observer,
+                shutdown.clone(),
+                &tasks,
+            )
+            .map_err(|source| DaemonError::Listen {
+                addr: config.server.listen.clone(),
                 source,
             })?;
-            server
-                .listen_plain(side)
-                .map_err(|source| DaemonError::Listen {
+            hub = Some(server.probe());
+            let addr = server.local_addr;
+            let local = loopback_for(addr);
+            let camera_url = if tls.is_some() {
+                // The camera reaches its own server over a plain loopback port, so it needs no
+                // trust in the (often self-signed) certificate browsers see.
+                let side = bind("127.0.0.1:0").await?;
+                let side_addr = side.local_addr().map_err(|source| DaemonError::Listen {
                     addr: "127.0.0.1:0".into(),
                     source,
                 })?;
-            format!("ws://{side_addr}/ws")
-        } else {
-            format!("ws://{local}/ws")
-        };
-        server_tls = tls;
-        (camera_url, Some((addr, local)))
-    } else {
-        (config.camera.signal_url.clone(), None)
+                server
+                    .listen_plain(side)
+                    .map_err(|source| DaemonError::Listen {
+                        addr: "127.0.0.1:0".into(),
+                        source,
+                    })?;
+                format!("ws://{side_addr}/ws")
+            } else {
+                format!("ws://{local}/ws")
+            };
+            server_tls = tls;
+            (camera_url, Some((addr, local)))
+        }
+        // A remote server (an embedded one always has its key and observer, or returned above).
+        (_, observer) => {
+            // Its own endpoints are a side door: the camera streams to its room without them.
+            if let Some(observer) = observer {
+                match serve_endpoints(&config, observer, shutdown.clone(), &tasks).await {
+                    Ok((addr, tls)) => {
+                        endpoints = Some(addr);
+                        server_tls = tls;
+                    }
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "the camera's own endpoints (/healthz, /metrics, /snapshot.jpg, /whep) are off"
+                    ),
+                }
+            }
+            (config.camera.signal_url.clone(), None)
+        }
     };
 
-    let auth = match (&key, config.camera.token.is_empty()) {
+    // Only with the embedded server does the camera mint its own camera token.
+    let mint_key = key.as_ref().filter(|_| embedded);
+    let auth = match (mint_key, config.camera.token.is_empty()) {
         (_, false) => CameraAuth::Token(config.camera.token.clone()),
         (Some(k), true)
             if !config
@@ -791,7 +878,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
     };
     if !early {
         notify::notify("READY=1\nSTATUS=streaming");
-        print_ready(&config, key.as_ref(), page_base, &signal_url);
+        print_ready(&config, mint_key, page_base, &signal_url, endpoints);
         spawn_reload(
             &tasks,
             shutdown.clone(),
@@ -863,6 +950,7 @@ fn print_ready(
     key: Option<&TokenKey>,
     page_base: Option<(SocketAddr, SocketAddr)>,
     signal_url: &str,
+    endpoints: Option<SocketAddr>,
 ) {
     let room = &config.camera.room;
     let open = config
@@ -870,8 +958,19 @@ fn print_ready(
         .open_rooms
         .iter()
         .any(|r| r == "*" || r == room);
+    let scheme = if config.server.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let Some((bound, local)) = page_base else {
         println!("campeer is streaming to room {room:?} on {signal_url}");
+        if let Some(addr) = endpoints {
+            let base = format!("{scheme}://{}", loopback_for(addr));
+            println!(
+                "  this camera's own endpoints: {base}/healthz {base}/metrics {base}/snapshot.jpg {base}/whep/{room}"
+            );
+        }
         return;
     };
     // Under systemd, stdout is the journal: a token printed there at every start stays readable
@@ -890,11 +989,6 @@ fn print_ready(
             )
         ),
         _ => String::new(),
-    };
-    let scheme = if config.server.tls_cert.is_some() {
-        "https"
-    } else {
-        "http"
     };
     println!("campeer is streaming. Open the room in a browser:");
     println!("  {scheme}://{local}/room/{room}{query}");

@@ -2,10 +2,9 @@
 //! own access rule, shared by concurrent requests, and waking an idle on-demand camera.
 
 mod common;
-use common::rtc_viewer::{Picture, assert_smpte_bars};
+use common::media::decode_jpeg;
+use common::rtc_viewer::assert_smpte_bars;
 use common::*;
-use gstreamer as gst;
-use gstreamer::prelude::*;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -56,49 +55,6 @@ fn counter(metrics: &str, name: &str) -> u64 {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
-}
-
-/// Decode a JPEG with GStreamer's jpegdec into RGB.
-fn decode_jpeg(jpeg: &[u8]) -> Picture {
-    gst::init().unwrap();
-    let pipeline = gst::parse::launch(
-        "appsrc name=src ! jpegdec ! videoconvert ! video/x-raw,format=RGB ! appsink name=sink",
-    )
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let src = pipeline
-        .by_name("src")
-        .unwrap()
-        .downcast::<gstreamer_app::AppSrc>()
-        .unwrap();
-    let sink = pipeline
-        .by_name("sink")
-        .unwrap()
-        .downcast::<gstreamer_app::AppSink>()
-        .unwrap();
-    src.set_caps(Some(&gst::Caps::builder("image/jpeg").build()));
-    pipeline.set_state(gst::State::Playing).unwrap();
-    src.push_buffer(gst::Buffer::from_slice(jpeg.to_vec()))
-        .unwrap();
-    src.end_of_stream().unwrap();
-    let sample = sink
-        .try_pull_sample(gst::ClockTime::from_seconds(10))
-        .expect("the JPEG decodes");
-    let s = sample.caps().unwrap().structure(0).unwrap();
-    let (width, height) = (
-        s.get::<i32>("width").unwrap() as u32,
-        s.get::<i32>("height").unwrap() as u32,
-    );
-    let map = sample.buffer().unwrap().map_readable().unwrap();
-    // RGB rows are padded to 4 bytes.
-    let stride = (width as usize * 3).div_ceil(4) * 4;
-    let mut rgb = Vec::with_capacity(width as usize * height as usize * 3);
-    for row in map.as_slice().chunks(stride).take(height as usize) {
-        rgb.extend_from_slice(&row[..width as usize * 3]);
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
-    Picture { width, height, rgb }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,9 @@
 //! server makes room by closing the oldest connection that has not joined a room, from the
 //! address holding the most), HTTP request headers must arrive within `header_timeout`, and a
 //! WebSocket that has not joined a room within `join_timeout` is closed.
+//!
+//! Without rooms ([`SignalServer::start_endpoints`]) the same listener serves the own endpoints
+//! of a camera joined to a remote server: `/healthz`, `/metrics` and the outputs' routes.
 
 use super::admission::{Admission, AdmissionAcceptor, Admitted, Settle};
 use super::host::ReachedAs;
@@ -276,6 +279,8 @@ struct AppState {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     admission: Admission,
+    /// Whether this listener serves rooms (`/ws`, the pages) and so reports the hub.
+    rooms: bool,
 }
 
 /// A running signaling server.
@@ -314,18 +319,65 @@ impl SignalServer {
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> std::io::Result<SignalServer> {
+        Self::launch(
+            listener,
+            tls,
+            Some(router),
+            limits,
+            admission,
+            observer,
+            shutdown,
+            tasks,
+        )
+    }
+
+    /// The camera's own HTTP endpoints without any room, for a camera joined to a remote
+    /// server: `/healthz`, `/metrics` (the observer's part) and the observer's routes
+    /// (snapshots, WHEP, MJPEG, HLS, recordings), under the same admission caps, header timeout
+    /// and security headers as a room server. `/ws` and the viewer pages are not served.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_endpoints(
+        listener: tokio::net::TcpListener,
+        tls: Option<axum_server::tls_rustls::RustlsConfig>,
+        limits: ConnLimits,
+        admission: Admission,
+        observer: Arc<dyn Observer>,
+        shutdown: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> std::io::Result<SignalServer> {
+        Self::launch(
+            listener, tls, None, limits, admission, observer, shutdown, tasks,
+        )
+    }
+
+    /// [`SignalServer::start`] with rooms (`router`) or [`SignalServer::start_endpoints`]
+    /// without (`None`: no hub runs, and its requests find it closed).
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        listener: tokio::net::TcpListener,
+        tls: Option<axum_server::tls_rustls::RustlsConfig>,
+        router: Option<Router>,
+        limits: ConnLimits,
+        admission: Admission,
+        observer: Arc<dyn Observer>,
+        shutdown: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> std::io::Result<SignalServer> {
         let local_addr = listener.local_addr()?;
         let header_timeout = limits.header_timeout;
         let (hub_tx, hub_rx) = mpsc::channel(1024);
         let counters = Arc::new(Counters::default());
         let observer_routes = observer.routes();
-        tasks.spawn(hub_loop(
-            router,
-            hub_rx,
-            counters.clone(),
-            limits.join_timeout,
-            shutdown.clone(),
-        ));
+        let rooms = router.is_some();
+        if let Some(router) = router {
+            tasks.spawn(hub_loop(
+                router,
+                hub_rx,
+                counters.clone(),
+                limits.join_timeout,
+                shutdown.clone(),
+            ));
+        }
         let state = AppState {
             hub: hub_tx.clone(),
             limits,
@@ -334,8 +386,9 @@ impl SignalServer {
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
             admission: admission.clone(),
+            rooms,
         };
-        let app = axum::Router::new()
+        let pages = axum::Router::new()
             .route("/", get(|| async { Html(web::INDEX_HTML) }))
             .route("/room/{name}", get(room_page))
             .route(
@@ -365,10 +418,11 @@ impl SignalServer {
                     )
                 }),
             )
-            .route("/ws", get(ws_upgrade))
+            .route("/ws", get(ws_upgrade));
+        let app = axum::Router::new()
             .route("/healthz", get(healthz))
-            .route("/metrics", get(metrics))
-            .with_state(state);
+            .route("/metrics", get(metrics));
+        let app = if rooms { app.merge(pages) } else { app }.with_state(state);
         let app = match observer_routes {
             Some(extra) => app.merge(extra),
             None => app,
@@ -383,7 +437,11 @@ impl SignalServer {
             header_timeout,
         };
         let (max_total, max_per_addr) = admission.caps();
-        tracing::info!(%local_addr, tls = tls.is_some(), max_connections = max_total, max_per_address = max_per_addr, "signaling server listening");
+        if rooms {
+            tracing::info!(%local_addr, tls = tls.is_some(), max_connections = max_total, max_per_address = max_per_addr, "signaling server listening");
+        } else {
+            tracing::info!(%local_addr, tls = tls.is_some(), max_connections = max_total, max_per_address = max_per_addr, "camera endpoints listening (no rooms here)");
+        }
         match tls {
             None => server.serve_plain(listener, admission)?,
             Some(tls) => server.listen_tls(listener, tls, admission)?,
@@ -577,6 +635,11 @@ async fn metrics(
             .into_response();
     }
     let mut out = String::new();
+    if !state.rooms {
+        // The camera's own listener: no hub, no rooms to report.
+        out.push_str(&state.observer.metrics());
+        return ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response();
+    }
     if let Some(s) = stats(&state.hub).await {
         out.push_str(&format!(
             "# TYPE campeer_signal_connections gauge\ncampeer_signal_connections {}\n\

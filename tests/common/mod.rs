@@ -134,6 +134,9 @@ impl Campeer {
                 format!("\"{}\"", dir.path().join("secret").display()),
             )
             .env("CAMPEER__CAMERA__RTC_BIND", "[\"127.0.0.1:0\"]")
+            // A camera joined to a remote server listens for its own endpoints too: never on a
+            // fixed port (tests run several daemons), unless a test says `--listen`.
+            .env("CAMPEER__SERVER__LISTEN", "\"127.0.0.1:0\"")
             // Tests send nothing beyond loopback: no multicast DNS queries.
             .env("CAMPEER__CAMERA__MDNS", "false")
             .env("CAMPEER__LOG__LEVEL", "campeer=debug,info")
