@@ -8,13 +8,15 @@ set -euo pipefail
 
 what="${1:-run}"
 build=(build-essential pkg-config libclang-dev
-       libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libasound2-dev libv4l-dev)
+       libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
+       libasound2-dev libv4l-dev)
 runtime=(gstreamer1.0-plugins-base gstreamer1.0-x gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
          gstreamer1.0-plugins-ugly gstreamer1.0-alsa gstreamer1.0-tools)
 # libcamerasrc for CSI cameras exists on Debian 12 and Raspberry Pi OS; skip where absent.
 optional=(gstreamer1.0-libcamera)
-# nginx with its RTMP module is the server the RTMP push test sends to (tests/rtmp.rs).
-testing=(chromium firefox-esr iproute2 procps coturn iptables systemd nginx libnginx-mod-rtmp)
+# nginx with its RTMP module is the server the RTMP push test sends to (tests/rtmp.rs); ffmpeg's
+# ffprobe/ffmpeg are the RTSP clients of tests/rtsp.rs.
+testing=(chromium firefox-esr iproute2 procps coturn iptables systemd nginx libnginx-mod-rtmp ffmpeg)
 benching=(python3-gi gir1.2-gst-plugins-bad-1.0 gir1.2-gst-plugins-base-1.0 gstreamer1.0-nice)
 
 pkgs=("${build[@]}" "${runtime[@]}")

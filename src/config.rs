@@ -65,6 +65,8 @@ pub struct Config {
     pub hls: HlsConfig,
     /// RTMP servers the stream is pushed to.
     pub rtmp: Vec<RtmpConfig>,
+    /// The RTSP server for NVRs, VLC and ffmpeg.
+    pub rtsp: RtspConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -428,6 +430,34 @@ impl Default for HlsConfig {
     }
 }
 
+/// `[rtsp]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RtspConfig {
+    /// Serve `rtsp://host:port/<room>`.
+    pub enabled: bool,
+    /// Address:port of the RTSP listener.
+    pub listen: String,
+    /// The user name clients give.
+    pub user: String,
+    /// The password clients give (digest or basic authentication).
+    pub password: String,
+    /// Serve without credentials (the operator's explicit choice).
+    pub open: bool,
+}
+
+impl Default for RtspConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: "0.0.0.0:8554".into(),
+            user: "campeer".into(),
+            password: String::new(),
+            open: false,
+        }
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -622,6 +652,27 @@ impl Config {
                 "server.listen",
                 format!("{:?} is not an address:port", self.server.listen),
             );
+        }
+        if self.rtsp.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad(
+                "rtsp.listen",
+                format!("{:?} is not an address:port", self.rtsp.listen),
+            );
+        }
+        if self.rtsp.enabled && !self.rtsp.open {
+            if self.rtsp.user.is_empty() || self.rtsp.user.contains(':') {
+                return bad(
+                    "rtsp.user",
+                    format!("{:?} (a name without ':')", self.rtsp.user),
+                );
+            }
+            if self.rtsp.password.chars().count() < 8 {
+                return bad(
+                    "rtsp.password",
+                    "at least 8 characters (or rtsp.open = true to serve without credentials)"
+                        .into(),
+                );
+            }
         }
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             return bad("server.tls-cert", "tls-cert and tls-key go together".into());
@@ -841,6 +892,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("widht") && e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn rtsp_needs_a_password_unless_opened_on_purpose() {
+        let e = load_str("[rtsp]\nenabled = true\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rtsp.password"), "{e}");
+        let e = load_str("[rtsp]\nenabled = true\npassword = \"short\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rtsp.password"), "{e}");
+        let e = load_str(
+            "[rtsp]\nenabled = true\nuser = \"a:b\"\npassword = \"long enough\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("rtsp.user"), "{e}");
+        let e = load_str("[rtsp]\nlisten = \"8554\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rtsp.listen"), "{e}");
+        for ok in [
+            "[rtsp]\nenabled = true\npassword = \"long enough\"\n",
+            "[rtsp]\nenabled = true\nopen = true\n",
+        ] {
+            assert!(load_str(ok, &[]).is_ok(), "{ok}");
+        }
+        // Off by default, and then nothing is asked of it.
+        // unwrap: the empty configuration is valid
+        assert!(!load_str("", &[]).unwrap().rtsp.enabled);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::outputs::hls::Hls;
 use crate::outputs::mjpeg::Mjpeg;
 use crate::outputs::record::{self, Recorder, http::Recordings};
 use crate::outputs::rtmp::{self, RtmpPush};
+use crate::outputs::rtsp::{RtspError, RtspServer, RtspSettings, RtspStats};
 use crate::outputs::snapshot::Snapshots;
 use crate::outputs::whep::Whep;
 use crate::signal::admission::Admission;
@@ -49,6 +50,9 @@ pub enum DaemonError {
     /// Token secret.
     #[error(transparent)]
     Secret(#[from] crate::signal::SecretError),
+    /// The RTSP server.
+    #[error(transparent)]
+    Rtsp(#[from] RtspError),
     /// Signals.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -556,6 +560,7 @@ fn camera_observer(
     demand: &watch::Receiver<bool>,
     recorder: &Arc<Recorder>,
     pushes: &[Arc<RtmpPush>],
+    rtsp: Option<Arc<RtspStats>>,
     calls: &mpsc::Sender<camera::CallCommand>,
 ) -> Arc<CameraObserver> {
     let viewer_access = ViewerAccess::new(
@@ -592,6 +597,7 @@ fn camera_observer(
             .then(|| Arc::new(Mjpeg::new(snapshots.clone(), config.camera.mjpeg_fps))),
         snapshots,
         rtmp: pushes.to_vec(),
+        rtsp,
         hls,
         recordings: Arc::new(Recordings {
             recorder: recorder.clone(),
@@ -604,6 +610,41 @@ fn camera_observer(
             config.server.allowed_origins.clone().into(),
         )),
     })
+}
+
+/// The RTSP server on `rtsp.listen`, fed from `media`'s bus.
+fn start_rtsp(
+    config: &Config,
+    media: &Arc<MediaPipeline>,
+    consumers: &Demand,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<RtspServer, DaemonError> {
+    let listen = config
+        .rtsp
+        .listen
+        .parse::<SocketAddr>()
+        .map_err(|e| RtspError::Listen {
+            addr: config.rtsp.listen.clone(),
+            why: e.to_string(),
+        })?;
+    let settings = RtspSettings {
+        listen,
+        room: config.camera.room.clone(),
+        credentials: (!config.rtsp.open)
+            .then(|| (config.rtsp.user.clone(), config.rtsp.password.clone())),
+    };
+    if config.rtsp.open {
+        tracing::warn!(listen = %listen, "RTSP is open: anyone who reaches the port watches the camera");
+    }
+    Ok(RtspServer::start(
+        &settings,
+        media.clone(),
+        consumers.clone(),
+        tokio::runtime::Handle::current(),
+        tasks.clone(),
+        shutdown.clone(),
+    )?)
 }
 
 /// The endpoints of a camera joined to a remote server, on `server.listen` (TLS when
@@ -718,6 +759,11 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
         shutdown.clone(),
     ));
 
+    let rtsp = match config.rtsp.enabled {
+        true => Some(start_rtsp(&config, &media, &consumers, &tasks, &shutdown)?),
+        false => None,
+    };
+
     let camera_state = Arc::new(CameraState::default());
     let embedded = config.camera.signal_url.is_empty();
     // Calls from outside the room (WHEP) reach the camera task through this.
@@ -744,6 +790,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
             &demand_rx,
             &recorder,
             &pushes,
+            rtsp.as_ref().map(|r| r.stats.clone()),
             &calls_tx,
         )
     });
@@ -879,6 +926,16 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
     if !early {
         notify::notify("READY=1\nSTATUS=streaming");
         print_ready(&config, mint_key, page_base, &signal_url, endpoints);
+        if let Some(r) = &rtsp {
+            let addr = config
+                .rtsp
+                .listen
+                .parse::<SocketAddr>()
+                .map(|a| loopback_for(SocketAddr::new(a.ip(), r.port)));
+            if let Ok(addr) = addr {
+                println!("  RTSP: rtsp://{addr}/{}", config.camera.room);
+            }
+        }
         spawn_reload(
             &tasks,
             shutdown.clone(),
@@ -890,6 +947,10 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
     }
     notify::notify("STOPPING=1");
     shutdown.cancel();
+    if let Some(r) = rtsp {
+        // Closes its clients' connections and ends its loop's thread.
+        let _ = tokio::task::spawn_blocking(move || r.stop()).await;
+    }
     wait_tasks(tasks).await;
     if let Some(h) = hls_output {
         h.remove_files();

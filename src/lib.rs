@@ -5,7 +5,7 @@
 //! Modules: [`config`] (TOML + env + flags), [`signal`] (rooms, protocol, tokens, server, pages),
 //! [`media`] (sources, encoder choice, the pipeline, the bus its consumers share), [`camera`]
 //! (the WebRTC side: one connection per viewer, its feed, congestion control), [`outputs`]
-//! (snapshots, MJPEG, WHEP, recording, HLS, RTMP), [`observe`] (`/healthz` and `/metrics`),
+//! (snapshots, MJPEG, WHEP, recording, HLS, RTMP, RTSP), [`observe`] (`/healthz` and `/metrics`),
 //! [`daemon`] (lifecycle of `run` and `serve`), [`devices`], [`notify`] (systemd).
 
 pub mod camera;

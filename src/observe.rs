@@ -11,6 +11,7 @@ use crate::outputs::hls::{self, Hls};
 use crate::outputs::mjpeg::{self, Mjpeg};
 use crate::outputs::record::{self, http::Recordings};
 use crate::outputs::rtmp::RtmpPush;
+use crate::outputs::rtsp::RtspStats;
 use crate::outputs::snapshot::{self, Snapshots};
 use crate::outputs::whep::{self, Whep};
 use crate::signal::server::Observer;
@@ -56,6 +57,8 @@ pub struct CameraObserver {
     pub hls: Option<Arc<Hls>>,
     /// `[[rtmp]]` targets.
     pub rtmp: Vec<Arc<RtmpPush>>,
+    /// The RTSP server, when `rtsp.enabled`.
+    pub rtsp: Option<Arc<RtspStats>>,
 }
 
 impl Observer for CameraObserver {
@@ -204,6 +207,20 @@ impl Observer for CameraObserver {
                 u8::from(h.running()),
                 h.starts.load(Ordering::Relaxed),
                 h.requests.load(Ordering::Relaxed),
+            ));
+        }
+        if let Some(r) = &self.rtsp {
+            out.push_str(&format!(
+                "# TYPE campeer_rtsp_clients gauge\ncampeer_rtsp_clients {}\n\
+                 # TYPE campeer_rtsp_clients_total counter\ncampeer_rtsp_clients_total {}\n\
+                 # TYPE campeer_rtsp_refused_total counter\ncampeer_rtsp_refused_total {}\n\
+                 # TYPE campeer_rtsp_feeds gauge\ncampeer_rtsp_feeds {}\n\
+                 # TYPE campeer_rtsp_frames_total counter\ncampeer_rtsp_frames_total {}\n",
+                r.clients.load(Ordering::Relaxed),
+                r.clients_total.load(Ordering::Relaxed),
+                r.refused.load(Ordering::Relaxed),
+                r.feeds.load(Ordering::Relaxed),
+                r.frames.load(Ordering::Relaxed),
             ));
         }
         type PushMetric = (&'static str, &'static str, fn(&RtmpPush) -> u64);

@@ -27,7 +27,7 @@ pub mod rtcp;
 mod signal_client;
 pub mod turn_check;
 pub mod turn_tcp;
-mod warn_gate;
+pub(crate) mod warn_gate;
 
 pub use calls::{CallCommand, OpenedCall, Refusal, offered_codecs};
 use ice::earliest_turn_expiry;

@@ -8,5 +8,6 @@ pub mod hls;
 pub mod mjpeg;
 pub mod record;
 pub mod rtmp;
+pub mod rtsp;
 pub mod snapshot;
 pub mod whep;
