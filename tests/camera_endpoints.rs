@@ -4,7 +4,7 @@
 //! keeps watching through WHEP while the remote server is down.
 
 mod common;
-use common::media::decode_jpeg;
+use common::media::{STILL_BARS, decode_jpeg};
 use common::rtc_viewer::{RtcViewer, assert_smpte_bars};
 use common::whep::request;
 use common::*;
@@ -18,8 +18,7 @@ fn remote_camera(base: &str) -> (Campeer, String) {
         &[
             "run",
             "--video",
-            // Still bars: campeer's own test pattern scrolls.
-            "pipeline:videotestsrc is-live=true pattern=smpte",
+            STILL_BARS,
             "--audio",
             "test",
             "--signal-url",
@@ -77,9 +76,9 @@ async fn a_remote_camera_answers_on_its_own_listener_even_with_its_server_down()
     let (status, text) = http_get(&own, "/snapshot.jpg").await;
     assert_eq!(status, 401, "{text}");
     let token = cam.token("garden", "viewer");
-    let (status, jpeg) = http_raw(&own, &format!("/snapshot.jpg?token={token}")).await;
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&jpeg));
-    let picture = decode_jpeg(&jpeg);
+    let reply = http_get_reply(&own, &format!("/snapshot.jpg?token={token}"), "").await;
+    assert_eq!(reply.status, 200, "{}", reply.headers);
+    let picture = decode_jpeg(&reply.body);
     assert_eq!((picture.width, picture.height), (320, 240));
     assert_smpte_bars(&picture);
 
@@ -120,22 +119,4 @@ async fn a_remote_camera_answers_on_its_own_listener_even_with_its_server_down()
     assert_eq!((picture.width, picture.height), (320, 240));
     assert_smpte_bars(&picture);
     viewer.close().await;
-}
-
-/// The status and body of `GET path` from `base`.
-async fn http_raw(base: &str, path: &str) -> (u16, Vec<u8>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let host = base.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await
-        .expect("send request");
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.expect("read response");
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a header block");
-    let status = status_of(&String::from_utf8_lossy(&buf[..split]));
-    (status, buf[split + 4..].to_vec())
 }

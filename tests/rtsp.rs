@@ -4,6 +4,7 @@
 //! RTSP clients and WebRTC viewers together cost one encode.
 
 mod common;
+use common::media::{STILL_BARS, picture_of};
 use common::rtc_viewer::{Picture, RtcViewer, assert_smpte_bars};
 use common::*;
 use gstreamer as gst;
@@ -14,13 +15,24 @@ use std::time::{Duration, Instant};
 const USER: &str = "campeer";
 const PASSWORD: &str = "open-sesame-42";
 
-/// Still SMPTE bars (campeer's own test pattern scrolls): a `pipeline:` source.
-const STILL_BARS: &str = "pipeline:videotestsrc is-live=true pattern=smpte";
-
 /// A camera (still bars and the test tone) with RTSP on a free loopback port: it, its room URL
 /// and its RTSP URL (without credentials).
 fn rtsp_camera(width: u32, height: u32) -> (Campeer, String, String) {
+    rtsp_camera_with(width, height, &[])
+}
+
+/// [`rtsp_camera`] with more environment overrides.
+fn rtsp_camera_with(width: u32, height: u32, extra: &[(&str, &str)]) -> (Campeer, String, String) {
     let (w, h) = (width.to_string(), height.to_string());
+    let mut env = vec![
+        ("CAMPEER__VIDEO__WIDTH", w.as_str()),
+        ("CAMPEER__VIDEO__HEIGHT", h.as_str()),
+        ("CAMPEER__VIDEO__FRAMERATE", "30"),
+        ("CAMPEER__RTSP__ENABLED", "true"),
+        ("CAMPEER__RTSP__LISTEN", "\"127.0.0.1:0\""),
+        ("CAMPEER__RTSP__PASSWORD", PASSWORD),
+    ];
+    env.extend_from_slice(extra);
     let mut cam = Campeer::start(
         &[
             "run",
@@ -31,14 +43,7 @@ fn rtsp_camera(width: u32, height: u32) -> (Campeer, String, String) {
             "--listen",
             "127.0.0.1:0",
         ],
-        &[
-            ("CAMPEER__VIDEO__WIDTH", w.as_str()),
-            ("CAMPEER__VIDEO__HEIGHT", h.as_str()),
-            ("CAMPEER__VIDEO__FRAMERATE", "30"),
-            ("CAMPEER__RTSP__ENABLED", "true"),
-            ("CAMPEER__RTSP__LISTEN", "\"127.0.0.1:0\""),
-            ("CAMPEER__RTSP__PASSWORD", PASSWORD),
-        ],
+        &env,
     );
     let room_url = cam.room_url();
     let line = cam.wait_stdout("RTSP: rtsp://", Duration::from_secs(20));
@@ -138,18 +143,7 @@ fn rtspsrc_pull(url: &str, protocols: &str, frames: usize) -> (usize, Option<Pic
             continue;
         };
         n += 1;
-        let s = sample.caps().unwrap().structure(0).unwrap();
-        let (width, height) = (
-            s.get::<i32>("width").unwrap() as u32,
-            s.get::<i32>("height").unwrap() as u32,
-        );
-        let map = sample.buffer().unwrap().map_readable().unwrap();
-        let stride = (width as usize * 3).div_ceil(4) * 4;
-        let mut rgb = Vec::with_capacity(width as usize * height as usize * 3);
-        for row in map.as_slice().chunks(stride).take(height as usize) {
-            rgb.extend_from_slice(&row[..width as usize * 3]);
-        }
-        last = Some(Picture { width, height, rgb });
+        last = Some(picture_of(&sample));
     }
     pipeline.set_state(gst::State::Null).unwrap();
     (n, last)
@@ -311,5 +305,55 @@ async fn five_rtsp_clients_and_two_webrtc_viewers_share_one_encode() {
     );
     for v in viewers {
         v.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rtsp_client_wakes_an_idle_on_demand_camera_and_lets_it_sleep() {
+    let (_cam, room_url, url) = rtsp_camera_with(
+        320,
+        240,
+        &[
+            ("CAMPEER__CAMERA__ALWAYS_ON", "false"),
+            ("CAMPEER__CAMERA__IDLE_STOP", "\"1s\""),
+        ],
+    );
+    let base = base_of(&room_url);
+    let encoders = |m: &str| metric_value(m, "campeer_video_encoders_running");
+    let m = http_get(&base, "/metrics").await.1;
+    assert_eq!(encoders(&m), Some(0.0), "idle before any client: {m}");
+    let frames_idle = metric_value(&m, "campeer_frames_encoded_total");
+
+    // The client's DESCRIBE starts capture; it gets pictures from the first keyframe on.
+    let authed = with_credentials(&url, USER, PASSWORD);
+    let started = Instant::now();
+    let (n, picture) =
+        tokio::task::spawn_blocking(move || ffmpeg_pull(&authed, "tcp", 30, 320, 240))
+            .await
+            .unwrap();
+    eprintln!(
+        "on-demand camera: 30 frames over RTSP {:?} after asking",
+        started.elapsed()
+    );
+    assert!(n >= 30, "{n} frames");
+    assert_smpte_bars(&picture);
+    let m = http_get(&base, "/metrics").await.1;
+    assert!(
+        metric_value(&m, "campeer_frames_encoded_total") > frames_idle,
+        "{m}"
+    );
+
+    // The client is gone: the feed ends and capture stops after idle-stop.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = http_get(&base, "/metrics").await.1;
+        if metric_value(&m, "campeer_rtsp_feeds") == Some(0.0) && encoders(&m) == Some(0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "capture still on 20 s after the RTSP client left: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

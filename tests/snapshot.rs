@@ -5,49 +5,9 @@ mod common;
 use common::media::decode_jpeg;
 use common::rtc_viewer::assert_smpte_bars;
 use common::*;
+use common::{http_get_reply as get, read_reply};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A response: status, headers (lower-case names) and body bytes.
-struct Reply {
-    status: u16,
-    headers: String,
-    body: Vec<u8>,
-}
-
-fn request(base: &str, path: &str, extra: &str) -> String {
-    let host = base.trim_start_matches("http://");
-    format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n{extra}\r\n")
-}
-
-async fn read_reply(mut s: tokio::net::TcpStream) -> Reply {
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.expect("read response");
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a header block");
-    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Reply {
-        status,
-        headers: head.to_ascii_lowercase(),
-        body: buf[split + 4..].to_vec(),
-    }
-}
-
-async fn get(base: &str, path: &str, extra: &str) -> Reply {
-    let host = base.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
-    s.write_all(request(base, path, extra).as_bytes())
-        .await
-        .expect("send request");
-    read_reply(s).await
-}
+use tokio::io::AsyncWriteExt;
 
 fn counter(metrics: &str, name: &str) -> u64 {
     metrics
@@ -122,7 +82,7 @@ async fn a_viewer_token_gets_the_current_picture_and_others_a_clear_refusal() {
     for _ in 0..20 {
         conns.push(tokio::net::TcpStream::connect(&host).await.unwrap());
     }
-    let req = request(&base, &format!("/snapshot.jpg?token={token}"), "");
+    let req = http_request(&base, &format!("/snapshot.jpg?token={token}"), "");
     let replies = futures_util::future::join_all(conns.into_iter().map(|mut s| {
         let req = req.clone();
         async move {

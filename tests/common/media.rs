@@ -8,6 +8,9 @@ use campeer::media::source::{AudioSource, CameraH264, VideoSource};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
+/// Still SMPTE bars as a `pipeline:` video source (campeer's own test pattern scrolls).
+pub const STILL_BARS: &str = "pipeline:videotestsrc is-live=true pattern=smpte";
+
 /// `video` and `audio` encoded at 640x480@30, 1,000 kbit/s, a keyframe every 2 s, by the best
 /// encoder found; no VP8 fallback, no lower rungs.
 pub fn settings(video: VideoSource, audio: AudioSource) -> MediaSettings {
@@ -56,6 +59,13 @@ pub fn decode_jpeg(jpeg: &[u8]) -> Picture {
     let sample = sink
         .try_pull_sample(gst::ClockTime::from_seconds(10))
         .expect("the JPEG decodes");
+    let picture = picture_of(&sample);
+    pipeline.set_state(gst::State::Null).unwrap();
+    picture
+}
+
+/// The picture in an RGB `video/x-raw` sample.
+pub fn picture_of(sample: &gst::Sample) -> Picture {
     let s = sample.caps().unwrap().structure(0).unwrap();
     let (width, height) = (
         s.get::<i32>("width").unwrap() as u32,
@@ -68,6 +78,5 @@ pub fn decode_jpeg(jpeg: &[u8]) -> Picture {
     for row in map.as_slice().chunks(stride).take(height as usize) {
         rgb.extend_from_slice(&row[..width as usize * 3]);
     }
-    pipeline.set_state(gst::State::Null).unwrap();
     Picture { width, height, rgb }
 }

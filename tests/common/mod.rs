@@ -660,6 +660,52 @@ pub async fn http_get_with(base: &str, path: &str, headers: &[&str]) -> (u16, St
     (status_of(&text), text)
 }
 
+/// A whole HTTP response: status, headers (lower-case names) and body bytes.
+pub struct Reply {
+    pub status: u16,
+    pub headers: String,
+    pub body: Vec<u8>,
+}
+
+/// A `GET path` request to `base` with `extra` header lines (each ending in CRLF).
+pub fn http_request(base: &str, path: &str, extra: &str) -> String {
+    let host = base.trim_start_matches("http://");
+    format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n{extra}\r\n")
+}
+
+/// Read a whole response from `s` (the server closes it: HTTP/1.0).
+pub async fn read_reply(mut s: tokio::net::TcpStream) -> Reply {
+    let mut buf = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf)
+        .await
+        .expect("read response");
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header block");
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Reply {
+        status,
+        headers: head.to_ascii_lowercase(),
+        body: buf[split + 4..].to_vec(),
+    }
+}
+
+/// `GET path` from `base` with `extra` header lines: the whole response.
+pub async fn http_get_reply(base: &str, path: &str, extra: &str) -> Reply {
+    let host = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(host).await.expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut s, http_request(base, path, extra).as_bytes())
+        .await
+        .expect("send request");
+    read_reply(s).await
+}
+
 /// The npm package `name@version`, fetched once with `npm pack` into the target's temporary
 /// directory, checked against its SHA-256 and unpacked: the path of its `package/` directory.
 pub fn npm_package(name: &str, version: &str, sha256: &str) -> PathBuf {
