@@ -9,7 +9,8 @@
 //! holding a share of capture demand) until the library lets the media go after the last
 //! client. Nothing is encoded again: clients get the viewers' H.264 with SPS/PPS before every
 //! keyframe, and each PLAY asks the encoder for a keyframe (throttled), so a client joining a
-//! running feed does not wait a whole GOP. A wrong user or password is refused (401), counted,
+//! running feed does not wait a whole GOP. Frames keep the encoder's timestamps, moved onto the
+//! media's clock ([`Timeline`]). A wrong user or password is refused (401), counted,
 //! and logged with the client's address.
 
 use crate::camera::warn_gate::{WarnGate, warn_gated};
@@ -93,7 +94,7 @@ pub struct RtspServer {
 fn launch(audio: bool) -> String {
     let src = |name: &str| {
         format!(
-            "appsrc name={name} is-live=true format=time do-timestamp=true max-bytes={APPSRC_MAX_BYTES} leaky-type=downstream"
+            "appsrc name={name} is-live=true format=time max-bytes={APPSRC_MAX_BYTES} leaky-type=downstream"
         )
     };
     let mut desc = format!(
@@ -308,11 +309,12 @@ async fn feed(
     let mut video = Subscription::new(&media.video, Some(keyframes), Some(demand));
     let mut audio = media.audio.subscribe();
     let mut started = false;
+    let mut timeline = Timeline::default();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             d = video.next() => match d {
-                Some(Delivery::Frame(f)) => match push(&video_src, &f) {
+                Some(Delivery::Frame(f)) => match push(&video_src, &f, timeline.video(f.pts, || video_src.current_running_time())) {
                     Pushed::Taken => {
                         started = true;
                         stats.frames.fetch_add(1, Ordering::Relaxed);
@@ -331,7 +333,8 @@ async fn feed(
             a = audio.recv(), if audio_src.is_some() => match a {
                 Ok(p) if started => {
                     if let Some(src) = &audio_src
-                        && matches!(push(src, &p), Pushed::Ended)
+                        && let Some(pts) = timeline.audio(p.pts)
+                        && matches!(push(src, &p, Some(pts)), Pushed::Ended)
                     {
                         break;
                     }
@@ -355,12 +358,60 @@ enum Pushed {
     Ended,
 }
 
-/// Hand `f` to `src`, stamped on arrival (`do-timestamp`) by the media's own clock.
-fn push(src: &gst_app::AppSrc, f: &EncodedFrame) -> Pushed {
+/// A bus time this far after the last video frame's, or any before it, is a capture restart
+/// (campeer's H.264 has no B-frames: its times only grow).
+const JUMP: Duration = Duration::from_secs(3);
+
+/// Maps the bus's times to the media's running time, so the clients get the encoder's own
+/// spacing and audio/video sync (not the jitter of their delivery): fixed at the first video
+/// frame a media takes, and again after a jump in the bus's times.
+#[derive(Debug, Default)]
+struct Timeline {
+    /// (bus time, running time) of the frame the mapping started at.
+    base: Option<(Duration, gst::ClockTime)>,
+    /// The last video frame's bus time.
+    last: Option<Duration>,
+}
+
+impl Timeline {
+    /// The running time of a video frame at bus time `pts`, starting the mapping at `now` (the
+    /// media's running time) when there is none; `None` while the media has no running time
+    /// (not playing yet).
+    fn video(
+        &mut self,
+        pts: Duration,
+        now: impl FnOnce() -> Option<gst::ClockTime>,
+    ) -> Option<gst::ClockTime> {
+        if self.last.is_some_and(|l| pts < l || pts > l + JUMP) {
+            self.base = None;
+        }
+        self.last = Some(pts);
+        if self.base.is_none() {
+            self.base = Some((pts, now()?));
+        }
+        self.audio(pts)
+    }
+
+    /// The running time of bus time `pts` (`None` before the mapping's start).
+    fn audio(&self, pts: Duration) -> Option<gst::ClockTime> {
+        let (bus, running) = self.base?;
+        let since = pts.checked_sub(bus)?;
+        Some(running + gst::ClockTime::from_nseconds(since.as_nanos() as u64))
+    }
+}
+
+/// Hand `f` to `src` at running time `pts` (`None`: the media cannot take it now).
+fn push(src: &gst_app::AppSrc, f: &EncodedFrame, pts: Option<gst::ClockTime>) -> Pushed {
+    let Some(pts) = pts else {
+        return Pushed::NotNow;
+    };
     let mut buf = gst::Buffer::from_slice(f.data.clone());
     {
         // A buffer just made has one owner: get_mut cannot fail.
         let b = buf.get_mut().expect("a new buffer is writable");
+        b.set_pts(pts);
+        // campeer's H.264 has no B-frames: decode order is presentation order.
+        b.set_dts(pts);
         if let Some(d) = f.duration {
             b.set_duration(gst::ClockTime::from_nseconds(d.as_nanos() as u64));
         }
@@ -447,6 +498,26 @@ mod imp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_keep_the_encoders_spacing_on_the_medias_clock() {
+        let ms = Duration::from_millis;
+        let at = |t: u64| gst::ClockTime::from_mseconds(t);
+        let mut t = Timeline::default();
+        // Not playing yet: nothing is stamped, and audio waits for video.
+        assert_eq!(t.video(ms(1000), || None), None);
+        assert_eq!(t.audio(ms(1000)), None);
+        // The first frame taken is "now" on the media's clock; later ones keep their spacing,
+        // however late they are delivered.
+        assert_eq!(t.video(ms(1033), || Some(at(50_000))), Some(at(50_000)));
+        assert_eq!(t.video(ms(1066), || Some(at(99_999))), Some(at(50_033)));
+        assert_eq!(t.audio(ms(1070)), Some(at(50_037)));
+        // Audio from before the first frame has no place.
+        assert_eq!(t.audio(ms(1020)), None);
+        // A capture restart (bus time jumps back) starts the mapping again.
+        assert_eq!(t.video(ms(10), || Some(at(60_000))), Some(at(60_000)));
+        assert_eq!(t.video(ms(43), || None), Some(at(60_033)));
+    }
 
     #[test]
     fn the_media_streams_the_encode_as_it_is() {
