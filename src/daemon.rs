@@ -926,14 +926,15 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), DaemonError> {
     if !early {
         notify::notify("READY=1\nSTATUS=streaming");
         print_ready(&config, mint_key, page_base, &signal_url, endpoints);
-        if let Some(r) = &rtsp {
-            let addr = config
-                .rtsp
-                .listen
-                .parse::<SocketAddr>()
-                .map(|a| loopback_for(SocketAddr::new(a.ip(), r.port)));
-            if let Ok(addr) = addr {
-                println!("  RTSP: rtsp://{addr}/{}", config.camera.room);
+        if let Some(r) = &rtsp
+            && let Ok(listen) = config.rtsp.listen.parse::<SocketAddr>()
+        {
+            let room = &config.camera.room;
+            let bound = SocketAddr::new(listen.ip(), r.port);
+            println!("  RTSP: rtsp://{}/{room}", loopback_for(bound));
+            // On every interface: the address other machines (NVRs, VLC) use.
+            if listen.ip().is_unspecified() {
+                println!("  RTSP: rtsp://{}:{}/{room}", host_name(), r.port);
             }
         }
         spawn_reload(
