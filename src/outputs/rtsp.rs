@@ -94,7 +94,7 @@ pub struct RtspServer {
 fn launch(audio: bool) -> String {
     let src = |name: &str| {
         format!(
-            "appsrc name={name} is-live=true format=time max-bytes={APPSRC_MAX_BYTES} leaky-type=downstream"
+            "appsrc name={name} is-live=true format=time do-timestamp=true max-bytes={APPSRC_MAX_BYTES} leaky-type=downstream"
         )
     };
     let mut desc = format!(
@@ -129,9 +129,10 @@ impl RtspServer {
         server.set_service(&settings.listen.port().to_string());
 
         let factory = rtsp::RTSPMediaFactory::new();
-        factory.set_launch(&launch(
-            media.has_audio && media.sink_caps("audio").is_some(),
-        ));
+        // The Opus caps as the encode has them now: the media has a sound track only when they
+        // are known (an on-demand camera not capturing yet has none to give).
+        let audio_caps = media.has_audio.then(|| media.sink_caps("audio")).flatten();
+        factory.set_launch(&launch(audio_caps.is_some()));
         // One media for every client: one feed from the one encode.
         factory.set_shared(true);
         factory.set_protocols(
@@ -145,6 +146,7 @@ impl RtspServer {
                 configure(
                     m,
                     media.clone(),
+                    audio_caps.clone(),
                     demand.clone(),
                     runtime.clone(),
                     tasks.clone(),
@@ -255,9 +257,11 @@ impl RtspServer {
 /// A new media (the first client's DESCRIBE): set its sources' caps and feed it at once (the
 /// library prepares a live media only once data flows: its SDP needs the stream's caps); stop
 /// when it lets it go.
+#[allow(clippy::too_many_arguments)]
 fn configure(
     m: &rtsp::RTSPMedia,
     media: Arc<MediaPipeline>,
+    audio_caps: Option<gst::Caps>,
     demand: Demand,
     runtime: tokio::runtime::Handle,
     tasks: TaskTracker,
@@ -278,7 +282,8 @@ fn configure(
     };
     video.set_caps(Some(&super::feed::video_caps(&media)));
     let audio = appsrc("rtspa").and_then(|a| {
-        let caps = media.sink_caps("audio")?;
+        // The caps now, or those known at start (capture restarting has none for a moment).
+        let caps = media.sink_caps("audio").or(audio_caps)?;
         a.set_caps(Some(&caps));
         Some(a)
     });
@@ -333,8 +338,7 @@ async fn feed(
             a = audio.recv(), if audio_src.is_some() => match a {
                 Ok(p) if started => {
                     if let Some(src) = &audio_src
-                        && let Some(pts) = timeline.audio(p.pts)
-                        && matches!(push(src, &p, Some(pts)), Pushed::Ended)
+                        && matches!(push(src, &p, timeline.audio(p.pts)), Pushed::Ended)
                     {
                         break;
                     }
@@ -400,18 +404,19 @@ impl Timeline {
     }
 }
 
-/// Hand `f` to `src` at running time `pts` (`None`: the media cannot take it now).
+/// Hand `f` to `src` at running time `pts`; without one (the media is not playing yet, or the
+/// frame is from before the mapping's start) the appsrc stamps it as it goes out
+/// (`do-timestamp`), so data flows while the media prerolls.
 fn push(src: &gst_app::AppSrc, f: &EncodedFrame, pts: Option<gst::ClockTime>) -> Pushed {
-    let Some(pts) = pts else {
-        return Pushed::NotNow;
-    };
     let mut buf = gst::Buffer::from_slice(f.data.clone());
     {
         // A buffer just made has one owner: get_mut cannot fail.
         let b = buf.get_mut().expect("a new buffer is writable");
-        b.set_pts(pts);
-        // campeer's H.264 has no B-frames: decode order is presentation order.
-        b.set_dts(pts);
+        if let Some(pts) = pts {
+            b.set_pts(pts);
+            // campeer's H.264 has no B-frames: decode order is presentation order.
+            b.set_dts(pts);
+        }
         if let Some(d) = f.duration {
             b.set_duration(gst::ClockTime::from_nseconds(d.as_nanos() as u64));
         }
